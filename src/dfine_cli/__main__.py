@@ -1,0 +1,3 @@
+from dfine_cli.cli.main import main
+
+main()

@@ -1,0 +1,194 @@
+"""Shared plumbing for every command: error handling, output streams, JSON and progress.
+
+Conventions every command follows:
+
+- stdout carries results (a table, or one JSON object with ``--json``); stderr carries logs,
+  progress and errors.
+- A :class:`~dfine_cli.errors.DfineError` becomes one line on stderr and its category's exit
+  code (see :mod:`dfine_cli.errors`); a traceback only with ``--verbose``.
+- Rich progress bars and colours only when stderr is a terminal; ``NO_COLOR`` is respected;
+  piped output gets plain, stable lines.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dfine_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DfineError
+
+JSON_SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_state: dict[str, bool] = {"verbose": False}
+
+
+def set_verbose(verbose: bool) -> None:
+    _state["verbose"] = verbose
+    setup_logging(verbose)
+
+
+def is_verbose() -> bool:
+    return _state["verbose"]
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def err_console() -> Console:
+    """Console on stderr; rich disables colour itself when ``NO_COLOR`` is set."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def out_console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Send the ``dfine`` logger to stderr: rich on a terminal, plain lines otherwise."""
+    logger = logging.getLogger("dfine")
+    logger.handlers.clear()
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    handler: logging.Handler
+    if stderr_is_tty():
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=err_console(), show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        rank = os.environ.get("RANK")
+        prefix = f"[rank {rank}] " if (verbose and rank is not None) else ""
+        handler.setFormatter(logging.Formatter(f"{prefix}%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print ``message`` as one line on stderr and return the Exit to raise."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into one stderr line and the category's exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except DfineError as exc:
+            if is_verbose():
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+            one_line = " ".join(str(exc).split())
+            raise fail(f"{exc.category}: {one_line}", exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", EXIT_INTERRUPTED) from None
+        except Exception as exc:
+            if is_verbose():
+                raise
+            one_line = " ".join(str(exc).split()) or type(exc).__name__
+            raise fail(
+                f"internal error: {type(exc).__name__}: {one_line} (rerun with --verbose for details)",
+                EXIT_INTERNAL,
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(payload: dict[str, Any]) -> None:
+    """Print one JSON object with ``schema_version`` on stdout."""
+    obj = {"schema_version": JSON_SCHEMA_VERSION, **payload}
+    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    from pathlib import Path
+
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A rich table on a terminal; tab-separated lines with a header when piped."""
+    rows = [[_fmt(v) for v in row] for row in rows]
+    if sys.stdout.isatty():
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        out_console().print(table)
+    else:
+        sys.stdout.write("\t".join(columns) + "\n")
+        for row in rows:
+            sys.stdout.write("\t".join(row) + "\n")
+        sys.stdout.flush()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def track(items: Sequence[T] | Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar on a TTY, or plain ``description: i/n`` lines (every 10%)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    if stderr_is_tty():
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console(),
+            transient=False,
+        ) as progress:
+            task = progress.add_task(description, total=total)
+            for item in items:
+                yield item
+                progress.advance(task)
+        return
+    step = max(1, (total or 10) // 10)
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        if done % step == 0 or (total is not None and done == total):
+            suffix = f"/{total}" if total is not None else ""
+            sys.stderr.write(f"{description}: {done}{suffix}\n")
+            sys.stderr.flush()

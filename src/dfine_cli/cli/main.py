@@ -1,0 +1,58 @@
+"""The ``dfine`` application: one Typer app, sub-commands registered explicitly."""
+
+from __future__ import annotations
+
+import typer
+
+from dfine_cli import __version__
+from dfine_cli.cli._common import set_verbose
+
+app = typer.Typer(
+    name="dfine",
+    help="D-FINE / DEIM object detection: train, evaluate, export, benchmark, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"dfine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging and full tracebacks on errors."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """D-FINE / DEIM object detection from one command.
+
+    Exit codes: 0 success, 1 internal error, 2 usage, 3 data, 4 model/checkpoint, 5 export,
+    6 missing dependency or hardware, 7 training stopped, 130 interrupted.
+    """
+    set_verbose(verbose)
+
+
+def _register() -> None:
+    # One explicit list: every command that appears in --help is finished and tested.
+    from dfine_cli.cli import commands_core
+
+    commands_core.register(app)
+    # -- sub-applications --
+    from dfine_cli.cli.data import app as data_app
+
+    app.add_typer(data_app, name="data", help="Prepare, convert, check and describe datasets.")
+
+
+_register()
+
+
+def main() -> None:
+    app()

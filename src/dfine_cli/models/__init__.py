@@ -1,0 +1,1 @@
+"""D-FINE model parts: one module per architectural part, no training code."""

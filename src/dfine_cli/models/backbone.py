@@ -1,0 +1,212 @@
+"""HGNetv2 backbone (PP-HGNetV2, as used by D-FINE).
+
+State-dict layout follows the official checkpoints: ``stem.stem{1,2a,2b,3,4}``,
+``stages.{i}.downsample``, ``stages.{i}.blocks.{j}.layers.{k}`` and ``.aggregation.{0,1}``,
+each a conv (``conv.weight``), a norm (``bn.*``) and, with ``use_lab``, a learnable affine
+(``lab.scale``, ``lab.bias``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from dfine_cli.models.layers import fuse_conv_bn
+from dfine_cli.models.presets import BackboneSpec, StageSpec
+
+
+class LearnableAffine(nn.Module):
+    """``scale * x + bias`` with two learnable scalars (the "LAB" block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * x + self.bias
+
+
+class ConvBNAct(nn.Module):
+    """Conv (no bias) + BatchNorm + optional ReLU (+ LAB after the ReLU when ``use_lab``)."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        use_act: bool = True,
+        use_lab: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_ch, out_ch, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False
+        )
+        self.bn: nn.Module = nn.BatchNorm2d(out_ch)
+        self.act: nn.Module = nn.ReLU() if use_act else nn.Identity()
+        self.lab: nn.Module = LearnableAffine() if (use_act and use_lab) else nn.Identity()
+        self.fused: nn.Conv2d | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.fused(x) if self.fused is not None else self.bn(self.conv(x))
+        return self.lab(self.act(x))
+
+    def fuse(self) -> None:
+        if self.fused is None:
+            self.fused = fuse_conv_bn(self.conv, self.bn)
+            del self.conv
+            del self.bn
+
+
+class Stem(nn.Module):
+    """Stride-4 stem: conv, a two-branch (pool | conv-conv) block, then two convs."""
+
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int, use_lab: bool) -> None:
+        super().__init__()
+        self.stem1 = ConvBNAct(in_ch, mid_ch, 3, stride=2, use_lab=use_lab)
+        self.stem2a = ConvBNAct(mid_ch, mid_ch // 2, 2, use_lab=use_lab)
+        self.stem2b = ConvBNAct(mid_ch // 2, mid_ch, 2, use_lab=use_lab)
+        self.stem3 = ConvBNAct(mid_ch * 2, mid_ch, 3, stride=2, use_lab=use_lab)
+        self.stem4 = ConvBNAct(mid_ch, out_ch, 1, use_lab=use_lab)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=1, ceil_mode=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(self.stem1(x), (0, 1, 0, 1))
+        branch = self.stem2b(F.pad(self.stem2a(x), (0, 1, 0, 1)))
+        x = torch.cat([self.pool(x), branch], dim=1)
+        return self.stem4(self.stem3(x))
+
+
+class LightConvBNAct(nn.Module):
+    """1x1 conv (no activation) followed by a depthwise kxk conv with activation."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, use_lab: bool) -> None:
+        super().__init__()
+        self.conv1 = ConvBNAct(in_ch, out_ch, 1, use_act=False, use_lab=use_lab)
+        self.conv2 = ConvBNAct(out_ch, out_ch, kernel_size, groups=out_ch, use_lab=use_lab)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(self.conv1(x))
+
+
+class HGBlock(nn.Module):
+    """Stacked convs whose outputs (and the input) are concatenated and aggregated.
+
+    Aggregation is squeeze (1x1 to ``out/2``) then excitation (1x1 to ``out``), as in the
+    official D-FINE backbone; blocks after the first in a stage add a residual.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        mid_ch: int,
+        out_ch: int,
+        num_layers: int,
+        kernel_size: int,
+        residual: bool,
+        light_block: bool,
+        use_lab: bool,
+    ) -> None:
+        super().__init__()
+        self.residual = residual
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            cin = in_ch if i == 0 else mid_ch
+            if light_block:
+                layers.append(LightConvBNAct(cin, mid_ch, kernel_size, use_lab))
+            else:
+                layers.append(ConvBNAct(cin, mid_ch, kernel_size, use_lab=use_lab))
+        self.layers = nn.ModuleList(layers)
+        total = in_ch + num_layers * mid_ch
+        self.aggregation = nn.Sequential(
+            ConvBNAct(total, out_ch // 2, 1, use_lab=use_lab),
+            ConvBNAct(out_ch // 2, out_ch, 1, use_lab=use_lab),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs = [x]
+        y = x
+        for layer in self.layers:
+            y = layer(y)
+            outputs.append(y)
+        y = self.aggregation(torch.cat(outputs, dim=1))
+        return y + x if self.residual else y
+
+
+class HGStage(nn.Module):
+    def __init__(self, spec: StageSpec, use_lab: bool) -> None:
+        super().__init__()
+        c = spec.in_channels
+        self.downsample: nn.Module = (
+            ConvBNAct(c, c, 3, stride=2, groups=c, use_act=False, use_lab=use_lab)
+            if spec.downsample
+            else nn.Identity()
+        )
+        self.blocks = nn.Sequential(
+            *[
+                HGBlock(
+                    spec.in_channels if i == 0 else spec.out_channels,
+                    spec.mid_channels,
+                    spec.out_channels,
+                    spec.layers_per_block,
+                    spec.kernel_size,
+                    residual=i > 0,
+                    light_block=spec.light_block,
+                    use_lab=use_lab,
+                )
+                for i in range(spec.num_blocks)
+            ]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.downsample(x))
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    """Replace every BatchNorm2d below ``module`` by a FrozenBatchNorm2d (buffers only)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child.num_features))
+        else:
+            _freeze_batchnorm(child)
+
+
+class HGNetv2(nn.Module):
+    """HGNetv2 returning the feature maps of the stages in ``return_idx``.
+
+    Output strides of stages 0..3 are 4, 8, 16, 32.
+    """
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        return_idx: tuple[int, ...],
+        use_lab: bool,
+        freeze_stem: bool = False,
+        freeze_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.return_idx = tuple(return_idx)
+        self.stem = Stem(spec.stem_in, spec.stem_mid, spec.stem_out, use_lab)
+        self.stages = nn.ModuleList(HGStage(s, use_lab) for s in spec.stages)
+        self.out_channels = [spec.stages[i].out_channels for i in self.return_idx]
+        if freeze_stem:
+            for p in self.stem.parameters():
+                p.requires_grad_(False)
+        if freeze_norm:
+            _freeze_batchnorm(self)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.stem(x)
+        outs: list[Tensor] = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.return_idx:
+                outs.append(x)
+            if i >= max(self.return_idx):
+                break
+        return outs

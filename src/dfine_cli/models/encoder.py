@@ -1,0 +1,252 @@
+"""Hybrid encoder: intra-scale transformer on the coarsest map, then FPN + PAN fusion.
+
+State-dict layout follows the official checkpoints (``input_proj``, ``encoder.{i}.layers``,
+``lateral_convs``, ``fpn_blocks``, ``downsample_convs``, ``pan_blocks``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dfine_cli.models.layers import ConvNorm, fuse_conv_bn, make_activation
+
+
+def sincos_position_embedding(
+    width: int, height: int, dim: int, temperature: float = 10000.0
+) -> Tensor:
+    """2-D sine-cosine position embedding ``[1, width*height, dim]``.
+
+    The official encoder builds its grid ``(i_w, i_h)`` with ``i_w`` major
+    (``meshgrid(range(w), range(h), indexing="ij")``) and adds it to tokens flattened
+    row-major; we reproduce that order exactly so that trained weights see the same
+    embedding: token ``k`` gets ``u = k // height`` and ``v = k % height``, and the
+    embedding is ``[sin(u w), cos(u w), sin(v w), cos(v w)]`` with
+    ``w_i = temperature^(-i / (dim/4))``.
+    """
+    if dim % 4:
+        raise ValueError("position embedding dimension must be divisible by 4")
+    quarter = dim // 4
+    omega = 1.0 / (temperature ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    grid_u, grid_v = torch.meshgrid(
+        torch.arange(width, dtype=torch.float32),
+        torch.arange(height, dtype=torch.float32),
+        indexing="ij",
+    )
+    out_u = grid_u.flatten()[:, None] @ omega[None]
+    out_v = grid_v.flatten()[:, None] @ omega[None]
+    return torch.cat([out_u.sin(), out_u.cos(), out_v.sin(), out_v.cos()], dim=1)[None]
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Post-norm transformer layer; position embedding added to queries and keys."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, activation: str = "gelu") -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=0.0, batch_first=True)
+        self.linear1 = nn.Linear(dim, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.activation = make_activation(activation)
+
+    def forward(self, src: Tensor, pos: Tensor) -> Tensor:
+        q = src + pos
+        attn, _ = self.self_attn(q, q, value=src, need_weights=False)
+        src = self.norm1(src + attn)
+        return self.norm2(src + self.linear2(self.activation(self.linear1(src))))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, layers: list[TransformerEncoderLayer]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, src: Tensor, pos: Tensor) -> Tensor:
+        for layer in self.layers:
+            src = layer(src, pos)
+        return src
+
+
+class RepVGGBlock(nn.Module):
+    """3x3 conv-norm plus 1x1 conv-norm branches, summed, then activation.
+
+    ``fuse()`` re-parameterises both branches into one 3x3 conv (RepVGG).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, activation: str = "silu") -> None:
+        super().__init__()
+        self.conv1 = ConvNorm(in_ch, out_ch, 3, padding=1)
+        self.conv2 = ConvNorm(in_ch, out_ch, 1, padding=0)
+        self.act = make_activation(activation)
+        self.fused: nn.Conv2d | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fused is not None:
+            return self.act(self.fused(x))
+        return self.act(self.conv1(x) + self.conv2(x))
+
+    def fuse(self) -> None:
+        if self.fused is not None:
+            return
+        k3 = fuse_conv_bn(self.conv1.conv, self.conv1.norm)
+        k1 = fuse_conv_bn(self.conv2.conv, self.conv2.norm)
+        with torch.no_grad():
+            k3.weight.add_(F.pad(k1.weight, [1, 1, 1, 1]))
+            k3.bias.add_(k1.bias)
+        self.fused = k3
+        del self.conv1
+        del self.conv2
+
+
+class CSPLayer(nn.Module):
+    """Two 1x1 branches; one runs ``num_blocks`` RepVGG blocks; outputs summed."""
+
+    def __init__(self, in_ch: int, out_ch: int, num_blocks: int, activation: str = "silu") -> None:
+        super().__init__()
+        self.conv1 = ConvNorm(in_ch, out_ch, 1, activation=activation)
+        self.conv2 = ConvNorm(in_ch, out_ch, 1, activation=activation)
+        self.bottlenecks = nn.Sequential(
+            *[RepVGGBlock(out_ch, out_ch, activation) for _ in range(num_blocks)]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bottlenecks(self.conv1(x)) + self.conv2(x)
+
+
+class RepNCSPELAN4(nn.Module):
+    """CSP-ELAN fusion block (GELAN): split, two CSP+conv stages chained, concat, 1x1."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, split_ch: int, branch_ch: int, num_blocks: int,
+        activation: str = "silu",
+    ) -> None:
+        super().__init__()
+        self.half = split_ch // 2
+        self.cv1 = ConvNorm(in_ch, split_ch, 1, activation=activation)
+        self.cv2 = nn.Sequential(
+            CSPLayer(split_ch // 2, branch_ch, num_blocks, activation),
+            ConvNorm(branch_ch, branch_ch, 3, activation=activation),
+        )
+        self.cv3 = nn.Sequential(
+            CSPLayer(branch_ch, branch_ch, num_blocks, activation),
+            ConvNorm(branch_ch, branch_ch, 3, activation=activation),
+        )
+        self.cv4 = ConvNorm(split_ch + 2 * branch_ch, out_ch, 1, activation=activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.cv1(x).split((self.half, self.half), dim=1)
+        c = self.cv2(b)
+        d = self.cv3(c)
+        return self.cv4(torch.cat([a, b, c, d], dim=1))
+
+
+class SCDown(nn.Module):
+    """Spatial-channel decoupled downsampling: 1x1 conv then stride-2 depthwise conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 2) -> None:
+        super().__init__()
+        self.cv1 = ConvNorm(in_ch, out_ch, 1)
+        self.cv2 = ConvNorm(out_ch, out_ch, kernel_size, stride, groups=out_ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cv2(self.cv1(x))
+
+
+class InputProjection(nn.Sequential):
+    """1x1 conv + BatchNorm projecting a backbone map to the encoder width."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+        self.norm = nn.BatchNorm2d(out_ch)
+
+
+class HybridEncoder(nn.Module):
+    """AIFI (attention on the coarsest level) + CCFF (FPN top-down, PAN bottom-up).
+
+    Input: backbone maps ``[B, C_i, H/s_i, W/s_i]``; output: the same number of maps with
+    ``hidden_dim`` channels, finest first.
+    """
+
+    def __init__(
+        self,
+        in_channels: tuple[int, ...],
+        hidden_dim: int,
+        heads: int,
+        ffn_dim: int,
+        use_encoder_idx: tuple[int, ...],
+        num_encoder_layers: int,
+        expansion: float,
+        depth_mult: float,
+        activation: str = "silu",
+        encoder_activation: str = "gelu",
+        pe_temperature: float = 10000.0,
+    ) -> None:
+        super().__init__()
+        levels = len(in_channels)
+        self.hidden_dim = hidden_dim
+        self.use_encoder_idx = tuple(i % levels for i in use_encoder_idx)
+        self.pe_temperature = pe_temperature
+        self.input_proj = nn.ModuleList(InputProjection(c, hidden_dim) for c in in_channels)
+        self.encoder = nn.ModuleList(
+            TransformerEncoder(
+                [
+                    TransformerEncoderLayer(hidden_dim, heads, ffn_dim, encoder_activation)
+                    for _ in range(num_encoder_layers)
+                ]
+            )
+            for _ in self.use_encoder_idx
+        )
+        branch = round(expansion * hidden_dim // 2)
+        blocks = round(3 * depth_mult)
+        self.lateral_convs = nn.ModuleList(
+            ConvNorm(hidden_dim, hidden_dim, 1) for _ in range(levels - 1)
+        )
+        self.fpn_blocks = nn.ModuleList(
+            RepNCSPELAN4(hidden_dim * 2, hidden_dim, hidden_dim * 2, branch, blocks, activation)
+            for _ in range(levels - 1)
+        )
+        self.downsample_convs = nn.ModuleList(
+            nn.Sequential(SCDown(hidden_dim, hidden_dim, 3, 2)) for _ in range(levels - 1)
+        )
+        self.pan_blocks = nn.ModuleList(
+            RepNCSPELAN4(hidden_dim * 2, hidden_dim, hidden_dim * 2, branch, blocks, activation)
+            for _ in range(levels - 1)
+        )
+        self._pos_cache: dict[tuple[int, int, str, torch.dtype], Tensor] = {}
+
+    def _position_embedding(self, w: int, h: int, like: Tensor) -> Tensor:
+        key = (w, h, str(like.device), like.dtype)
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or self.training:
+            return sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(like)
+        cached = self._pos_cache.get(key)
+        if cached is None:
+            cached = sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(like)
+            self._pos_cache[key] = cached
+        return cached
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        proj = [p(f) for p, f in zip(self.input_proj, feats)]
+        for enc, idx in zip(self.encoder, self.use_encoder_idx):
+            x = proj[idx]
+            b, c, h, w = x.shape
+            tokens = x.flatten(2).permute(0, 2, 1)
+            tokens = enc(tokens, self._position_embedding(w, h, tokens))
+            proj[idx] = tokens.permute(0, 2, 1).reshape(b, c, h, w).contiguous()
+
+        # top-down: coarsest to finest
+        levels = len(proj)
+        inner = [proj[-1]]
+        for step, idx in enumerate(range(levels - 1, 0, -1)):
+            high = self.lateral_convs[step](inner[0])
+            inner[0] = high
+            up = F.interpolate(high, scale_factor=2.0, mode="nearest")
+            inner.insert(0, self.fpn_blocks[step](torch.cat([up, proj[idx - 1]], dim=1)))
+        # bottom-up
+        outs = [inner[0]]
+        for step in range(levels - 1):
+            down = self.downsample_convs[step](outs[-1])
+            outs.append(self.pan_blocks[step](torch.cat([down, inner[step + 1]], dim=1)))
+        return outs
