@@ -80,7 +80,9 @@ class HungarianMatcher:
         if self.class_weight == 0 and self.bbox_weight == 0 and self.giou_weight == 0:
             raise ValueError("at least one matching cost weight must be non-zero")
 
-    def cost_matrix(self, logits: Tensor, boxes: Tensor, labels: Tensor, target_boxes: Tensor) -> Tensor:
+    def cost_matrix(
+        self, logits: Tensor, boxes: Tensor, labels: Tensor, target_boxes: Tensor
+    ) -> Tensor:
         """Matching cost of every prediction against every target.
 
         Args:
@@ -97,7 +99,11 @@ class HungarianMatcher:
         cost_giou = -generalized_box_iou(
             box_convert(boxes, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
         )
-        return self.bbox_weight * cost_bbox + self.class_weight * cost_class + self.giou_weight * cost_giou
+        return (
+            self.bbox_weight * cost_bbox
+            + self.class_weight * cost_class
+            + self.giou_weight * cost_giou
+        )
 
     @torch.no_grad()
     def __call__(self, logits: Tensor, boxes: Tensor, targets: Sequence[Target]) -> list[Match]:
@@ -199,7 +205,9 @@ def denoising_matches(
             empty = torch.zeros(0, dtype=torch.int64, device=positives.device)
             matches.append((empty, empty.clone()))
             continue
-        target_idx = torch.arange(count, dtype=torch.int64, device=positives.device).repeat(num_groups)
+        target_idx = torch.arange(count, dtype=torch.int64, device=positives.device).repeat(
+            num_groups
+        )
         if len(positives) != len(target_idx):
             raise ValueError(
                 f"{len(positives)} positive denoising queries for {count} targets x {num_groups} groups"
@@ -214,6 +222,8 @@ def matched_pairs(matches: Sequence[Match]) -> tuple[Tensor, Tensor]:
     Indexing a ``[B, Q, ...]`` prediction tensor with the result selects the matched queries in
     image order, aligned with ``torch.cat([t[key][target_idx] for each image])``.
     """
-    batch_idx = torch.cat([torch.full_like(query, image) for image, (query, _) in enumerate(matches)])
+    batch_idx = torch.cat(
+        [torch.full_like(query, image) for image, (query, _) in enumerate(matches)]
+    )
     query_idx = torch.cat([query for query, _ in matches])
     return batch_idx, query_idx

@@ -1,0 +1,1 @@
+"""Datasets: COCO-format reading, dataset preparation (Objects365), conversion, checks, synthesis."""

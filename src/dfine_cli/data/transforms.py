@@ -1,0 +1,508 @@
+"""Training and evaluation pipelines of the D-FINE and DEIM recipes, and the batch collator.
+
+Training pipeline (official ``train_dataloader.dataset.transforms``), per sample::
+
+    [Mosaic] → RandomPhotometricDistort(p=0.5) → RandomZoomOut(fill=0) → RandomIoUCrop(p=0.8)
+    → SanitizeBoundingBoxes(min_size=1) → RandomHorizontalFlip → Resize(img_size²)
+    → SanitizeBoundingBoxes(min_size=1) → float image in [0, 1], boxes cxcywh / [W, H, W, H]
+
+The recipe's *policy* switches the listed ops off by epoch (:class:`AugmentPolicy`):
+
+- D-FINE (``policy.epoch: N``): the ops are on for epochs ``< N`` and off from ``N``.
+- DEIM (``policy.epoch: [start, mid, stop]``): off before ``start``; in ``[start, mid)``
+  Mosaic is applied with probability ``mosaic_prob`` and, when it is, ZoomOut and IoUCrop are
+  skipped for that sample; in ``[mid, stop)`` no Mosaic, the other ops on; off from ``stop``.
+
+Per batch, :class:`BatchCollator` applies DEIM's mixup (probability ``mixup_prob`` for epochs in
+``[mixup_epochs[0], mixup_epochs[1])``) and then the multi-scale resize of the official
+``BatchImageCollateFunction`` (a random size from :func:`generate_scales` for epochs
+``< stop_epoch``).
+
+Epochs are 0-based. The current epoch reaches the pipeline only through ``set_epoch`` on the
+dataset (which forwards it to its transforms) and on the collator. DataLoader workers copy
+both when an epoch's iterator is created, so call ``set_epoch`` before iterating and do not
+use ``persistent_workers=True`` (the workers would keep the epoch they were started with).
+
+Determinism: with ``seed`` set, every random decision for a sample depends only on
+``(seed, epoch, dataset index)`` and for a batch on ``(seed, epoch, indices in the batch)``,
+not on the worker count or the order in which workers run. Without a seed, torch's global
+generator is used (seeded per worker by the DataLoader).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from dfine_cli.data.mosaic import Mosaic, MosaicConfig, SampleSource
+from dfine_cli.errors import UsageError
+
+Target = dict[str, Any]
+
+MOSAIC = "Mosaic"
+PHOTOMETRIC_DISTORT = "RandomPhotometricDistort"
+ZOOM_OUT = "RandomZoomOut"
+IOU_CROP = "RandomIoUCrop"
+HORIZONTAL_FLIP = "RandomHorizontalFlip"
+#: Ops a policy may switch off (the official transform class names).
+POLICY_OPS: tuple[str, ...] = (MOSAIC, PHOTOMETRIC_DISTORT, ZOOM_OUT, IOU_CROP, HORIZONTAL_FLIP)
+
+RECIPES: tuple[str, ...] = ("dfine", "deim")
+SIZES: tuple[str, ...] = ("n", "s", "m", "l", "x")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Data-augmentation recipe. Build one with :func:`augment_preset`.
+
+    Attributes:
+        img_size: square training/evaluation input size in pixels.
+        policy_epochs: ``(stop,)`` (D-FINE) or ``(start, mid, stop)`` (DEIM), see module doc.
+        policy_ops: ops switched by the policy; other configured ops are always on.
+        mosaic: Mosaic parameters, ``None`` for no Mosaic (D-FINE).
+        mosaic_prob: per-sample Mosaic probability in DEIM's mosaic stage.
+        mixup_prob, mixup_epochs: batch mixup probability and ``[first, end)`` epochs.
+        base_size, base_size_repeat: multi-scale sizes (:func:`generate_scales`);
+            ``base_size_repeat=None`` disables multi-scale (as the official N configs do).
+        multiscale_stop_epoch: first epoch without multi-scale batches.
+    """
+
+    img_size: int = 640
+    policy_epochs: tuple[int, ...] = (72,)
+    policy_ops: tuple[str, ...] = (PHOTOMETRIC_DISTORT, ZOOM_OUT, IOU_CROP)
+    photometric_p: float = 0.5
+    zoom_out_p: float = 0.5
+    zoom_out_side_range: tuple[float, float] = (1.0, 4.0)
+    zoom_out_fill: int = 0
+    iou_crop_p: float = 0.8
+    flip_p: float = 0.5
+    min_box_size: float = 1.0
+    mosaic: MosaicConfig | None = None
+    mosaic_prob: float = 0.0
+    mixup_prob: float = 0.0
+    mixup_epochs: tuple[int, int] = (0, 0)
+    base_size: int = 640
+    base_size_repeat: int | None = 3
+    multiscale_stop_epoch: int = 72
+
+    def __post_init__(self) -> None:
+        if self.img_size < 32 or self.img_size % 32:
+            raise UsageError(f"img_size must be a positive multiple of 32, got {self.img_size}")
+        if len(self.policy_epochs) not in (1, 3) or list(self.policy_epochs) != sorted(self.policy_epochs):
+            raise UsageError(
+                f"policy_epochs must be (stop,) or ascending (start, mid, stop), got {self.policy_epochs}"
+            )
+        unknown = sorted(set(self.policy_ops) - set(POLICY_OPS))
+        if unknown:
+            raise UsageError(f"unknown policy ops {unknown}; known: {list(POLICY_OPS)}")
+        for name in ("photometric_p", "zoom_out_p", "iou_crop_p", "flip_p", "mosaic_prob", "mixup_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"{name} must be in [0, 1], got {value}")
+        if len(self.mixup_epochs) != 2 or self.mixup_epochs[0] > self.mixup_epochs[1]:
+            raise UsageError(f"mixup_epochs must be (first, end) with first <= end, got {self.mixup_epochs}")
+        if self.base_size_repeat is not None and self.base_size_repeat < 0:
+            raise UsageError(f"base_size_repeat must be >= 0 or None, got {self.base_size_repeat}")
+        if self.mosaic_prob > 0 and self.mosaic is None:
+            raise UsageError("mosaic_prob > 0 needs a mosaic configuration")
+
+
+@dataclass(frozen=True)
+class _SizeSchedule:
+    policy_epochs: tuple[int, ...]
+    multiscale_stop_epoch: int
+    base_size_repeat: int | None
+    mixup_epochs: tuple[int, int] = (0, 0)
+
+
+# Values of the official COCO configs: D-FINE `configs/dfine/dfine_hgnetv2_{size}_coco.yml`
+# (on top of `include/dataloader.yml`), DEIM `configs/deim_dfine/deim_hgnetv2_{size}_coco.yml`
+# (on top of `base/deim.yml`; base_size_repeat inherited from the D-FINE size config).
+_SCHEDULES: dict[tuple[str, str], _SizeSchedule] = {
+    ("dfine", "n"): _SizeSchedule((148,), 148, None),
+    ("dfine", "s"): _SizeSchedule((120,), 120, 20),
+    ("dfine", "m"): _SizeSchedule((120,), 120, 6),
+    ("dfine", "l"): _SizeSchedule((72,), 72, 4),
+    ("dfine", "x"): _SizeSchedule((72,), 72, 3),
+    ("deim", "n"): _SizeSchedule((4, 78, 148), 148, None, (4, 78)),
+    ("deim", "s"): _SizeSchedule((4, 64, 120), 120, 20, (4, 64)),
+    ("deim", "m"): _SizeSchedule((4, 49, 90), 90, 6, (4, 49)),
+    ("deim", "l"): _SizeSchedule((4, 29, 50), 50, 4, (4, 29)),
+    ("deim", "x"): _SizeSchedule((4, 29, 50), 50, 3, (4, 29)),
+}
+
+# DEIM `configs/base/deim.yml`.
+DEIM_MOSAIC = MosaicConfig(
+    output_size=320,
+    rotation_range=10.0,
+    translation_range=(0.1, 0.1),
+    scaling_range=(0.5, 1.5),
+    probability=1.0,
+    fill_value=0,
+    use_cache=False,
+    max_cached_images=50,
+    random_pop=True,
+)
+
+
+def augment_preset(recipe: str, size: str, *, img_size: int = 640, **overrides: Any) -> AugmentConfig:
+    """The official COCO augmentation recipe of ``recipe`` (``dfine``/``deim``) and model size.
+
+    ``img_size`` also sets the multi-scale ``base_size``. Any :class:`AugmentConfig` field can
+    be overridden by keyword, e.g. ``augment_preset("deim", "s", mixup_prob=0.3)``.
+    """
+    if (recipe, size) not in _SCHEDULES:
+        raise UsageError(f"no augmentation preset for recipe {recipe!r}, size {size!r}")
+    schedule = _SCHEDULES[(recipe, size)]
+    values: dict[str, Any] = {
+        "img_size": img_size,
+        "policy_epochs": schedule.policy_epochs,
+        "multiscale_stop_epoch": schedule.multiscale_stop_epoch,
+        "base_size": img_size,
+        "base_size_repeat": schedule.base_size_repeat,
+    }
+    if recipe == "deim":
+        values.update(
+            policy_ops=(MOSAIC, PHOTOMETRIC_DISTORT, ZOOM_OUT, IOU_CROP),
+            mosaic=DEIM_MOSAIC,
+            mosaic_prob=0.5,
+            mixup_prob=0.5,
+            mixup_epochs=schedule.mixup_epochs,
+        )
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(AugmentConfig)})
+    if unknown:
+        raise UsageError(f"unknown augmentation settings: {unknown}")
+    values.update(overrides)
+    return AugmentConfig(**values)
+
+
+def generate_scales(base_size: int, base_size_repeat: int) -> list[int]:
+    """Multi-scale sizes of the official collator: 0.75×..1.25× ``base_size`` in steps of 32.
+
+    ``generate_scales(640, 3)`` → ``[480, 512, 544, 576, 608, 640, 640, 640, 800, 768, 736,
+    704, 672]``: ``base_size`` is repeated ``base_size_repeat`` times so it is drawn more often.
+    """
+    low = int(base_size * 0.75 / 32) * 32
+    high = int(base_size * 1.25 / 32) * 32
+    steps = (base_size - low) // 32
+    return (
+        [low + 32 * i for i in range(steps)]
+        + [base_size] * base_size_repeat
+        + [high - 32 * i for i in range(steps)]
+    )
+
+
+# --------------------------------------------------------------------------- policies
+
+
+class _EpochAware:
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+
+class AugmentPolicy(_EpochAware):
+    """Which per-sample ops run at the current epoch (the official ``stop_epoch`` policy).
+
+    Args:
+        epochs: ``(stop,)`` or ``(start, mid, stop)``, see the module docstring.
+        controlled: ops the policy switches off; the others in ``available`` always run.
+        available: ops the pipeline has (Mosaic only if configured).
+        mosaic_prob: Mosaic probability in DEIM's ``[start, mid)`` stage.
+    """
+
+    def __init__(
+        self,
+        *,
+        epochs: Sequence[int],
+        controlled: Iterable[str],
+        available: Iterable[str],
+        mosaic_prob: float = 0.0,
+    ) -> None:
+        self.epochs = tuple(int(e) for e in epochs)
+        self.controlled = frozenset(controlled)
+        self.available = frozenset(available)
+        self.mosaic_prob = mosaic_prob
+
+    def sample(self, generator: torch.Generator) -> frozenset[str]:
+        """The ops to apply to one sample (draws only for the Mosaic decision)."""
+        epoch = self.epoch
+        if len(self.epochs) == 1:
+            stopped = epoch >= self.epochs[0]
+            return frozenset(op for op in self.available if not (stopped and op in self.controlled))
+        start, mid, stop = self.epochs
+        with_mosaic = False
+        if MOSAIC in self.available and start <= epoch < mid:
+            with_mosaic = float(torch.rand((), generator=generator)) < self.mosaic_prob
+        active = set()
+        for op in self.available:
+            if op in self.controlled and not start <= epoch < stop:
+                continue
+            if op == MOSAIC and not with_mosaic:
+                continue
+            if op in (ZOOM_OUT, IOU_CROP) and with_mosaic:
+                continue
+            active.add(op)
+        return frozenset(active)
+
+
+class MixupPolicy(_EpochAware):
+    """DEIM batch mixup: with probability ``prob`` in epochs ``[epochs[0], epochs[1])``."""
+
+    def __init__(self, *, prob: float, epochs: tuple[int, int]) -> None:
+        self.prob = prob
+        self.epochs = (int(epochs[0]), int(epochs[1]))
+
+    def sample(self, generator: torch.Generator) -> float | None:
+        """The mixing weight ``beta ∈ [0.45, 0.55]`` of the batch, or ``None`` for no mixup."""
+        draw, beta = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+        if draw < self.prob and self.epochs[0] <= self.epoch < self.epochs[1]:
+            return round(0.45 + 0.1 * beta, 6)
+        return None
+
+
+class MultiScalePolicy(_EpochAware):
+    """Random square batch size from ``scales`` for epochs ``< stop_epoch``."""
+
+    def __init__(self, *, scales: Sequence[int], stop_epoch: int) -> None:
+        if not scales:
+            raise ValueError("multi-scale needs at least one scale")
+        self.scales = [int(s) for s in scales]
+        self.stop_epoch = int(stop_epoch)
+
+    def sample(self, generator: torch.Generator) -> int | None:
+        """The batch's size in pixels, or ``None`` to keep the pipeline's size."""
+        choice = int(torch.randint(len(self.scales), (), generator=generator))
+        return self.scales[choice] if self.epoch < self.stop_epoch else None
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+def derive_seed(*values: int) -> int:
+    """A well-mixed 63-bit seed from non-negative integers (``numpy.random.SeedSequence``)."""
+    state = np.random.SeedSequence([int(v) for v in values]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+@contextlib.contextmanager
+def _random_scope(seed: int | None) -> Iterator[torch.Generator]:
+    """Yield a generator for policy decisions; with a seed, also seed torch's CPU default
+    generator (used by the torchvision transforms) and restore it afterwards."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.manual_seed(int(torch.randint(2**62, ())))
+        yield generator
+        return
+    generator.manual_seed(seed)
+    state = torch.get_rng_state()
+    try:
+        # Only the CPU generator: torch.manual_seed would also reseed CUDA.
+        torch.default_generator.manual_seed(derive_seed(seed, 1))
+        yield generator
+    finally:
+        torch.set_rng_state(state)
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+class DetectionPipeline(ABC, _EpochAware):
+    """A per-sample transform that may use other dataset samples (``source``) and the epoch.
+
+    Input: ``tv_tensors.Image`` ``uint8 [3, H, W]`` and a target with ``boxes``
+    (``BoundingBoxes`` in pixels), ``labels`` ``int64 [N]`` and optionally ``idx`` (the
+    dataset index, used for seeding). Output: ``float32 [3, S, S]`` in ``[0, 1]`` and a target
+    whose ``boxes`` are a ``float32 [N, 4]`` tensor, ``cxcywh`` normalised to ``[0, 1]``; other
+    keys pass through.
+    """
+
+    @abstractmethod
+    def __call__(
+        self, image: tv_tensors.Image, target: Target, source: SampleSource | None = None
+    ) -> tuple[torch.Tensor, Target]: ...
+
+
+def _finalize(image: tv_tensors.Image, target: Target) -> tuple[torch.Tensor, Target]:
+    """uint8 image → float in [0, 1]; boxes → plain ``cxcywh`` tensor normalised by (W, H)."""
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    pixels = F.to_dtype(image, torch.float32, scale=True).as_subclass(torch.Tensor)
+    boxes = target["boxes"]
+    xyxy = F.convert_bounding_box_format(boxes, new_format="XYXY").as_subclass(torch.Tensor).float()
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    xyxy = torch.minimum(xyxy.clamp(min=0), scale)
+    out = dict(target)
+    out["boxes"] = F.convert_bounding_box_format(
+        xyxy / scale, old_format=tv_tensors.BoundingBoxFormat.XYXY, new_format=tv_tensors.BoundingBoxFormat.CXCYWH
+    )
+    return pixels, out
+
+
+class EvalTransforms(DetectionPipeline):
+    """Evaluation: ``Resize(img_size²)`` and conversion, no augmentation."""
+
+    def __init__(self, img_size: int = 640) -> None:
+        self.img_size = img_size
+        self._resize = v2.Resize((img_size, img_size))
+
+    def __call__(
+        self, image: tv_tensors.Image, target: Target, source: SampleSource | None = None
+    ) -> tuple[torch.Tensor, Target]:
+        image, target = self._resize(image, target)
+        return _finalize(image, target)
+
+
+class TrainTransforms(DetectionPipeline):
+    """The recipe's per-sample training pipeline (module docstring), policy-switched by epoch.
+
+    Args:
+        config: the recipe, see :func:`augment_preset`.
+        seed: makes every sample's augmentation a function of ``(seed, epoch, idx)``.
+    """
+
+    def __init__(self, config: AugmentConfig, *, seed: int | None = None) -> None:
+        self.config = config
+        self.seed = seed
+        self.mosaic = Mosaic(config.mosaic) if config.mosaic is not None else None
+        self._photometric = v2.RandomPhotometricDistort(p=config.photometric_p)
+        self._zoom_out = v2.RandomZoomOut(
+            fill=config.zoom_out_fill, side_range=config.zoom_out_side_range, p=config.zoom_out_p
+        )
+        self._iou_crop = v2.RandomApply([v2.RandomIoUCrop()], p=config.iou_crop_p)
+        self._sanitize = v2.SanitizeBoundingBoxes(min_size=config.min_box_size)
+        self._flip = v2.RandomHorizontalFlip(p=config.flip_p)
+        self._resize = v2.Resize((config.img_size, config.img_size))
+        available = [PHOTOMETRIC_DISTORT, ZOOM_OUT, IOU_CROP, HORIZONTAL_FLIP]
+        if self.mosaic is not None:
+            available.append(MOSAIC)
+        self.policy = AugmentPolicy(
+            epochs=config.policy_epochs,
+            controlled=config.policy_ops,
+            available=available,
+            mosaic_prob=config.mosaic_prob,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.policy.set_epoch(epoch)
+
+    def __call__(
+        self, image: tv_tensors.Image, target: Target, source: SampleSource | None = None
+    ) -> tuple[torch.Tensor, Target]:
+        seed = None
+        if self.seed is not None:
+            seed = derive_seed(self.seed, self.epoch, 0, int(target.get("idx", 0)))
+        with _random_scope(seed) as generator:
+            active = self.policy.sample(generator)
+            if MOSAIC in active and self.mosaic is not None:
+                if source is None:
+                    raise ValueError("Mosaic needs the dataset as `source` (use CocoDetectionDataset)")
+                image, target = self.mosaic(image, target, source, generator)
+            if PHOTOMETRIC_DISTORT in active:
+                image, target = self._photometric(image, target)
+            if ZOOM_OUT in active:
+                image, target = self._zoom_out(image, target)
+            if IOU_CROP in active:
+                image, target = self._iou_crop(image, target)
+            image, target = self._sanitize(image, target)
+            if HORIZONTAL_FLIP in active:
+                image, target = self._flip(image, target)
+            image, target = self._resize(image, target)
+            image, target = self._sanitize(image, target)
+        return _finalize(image, target)
+
+
+# --------------------------------------------------------------------------- collation
+
+
+def collate(items: Sequence[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:
+    """Stack ``[3, H, W]`` images into ``float [B, 3, H, W]``; targets stay a list of dicts."""
+    images = torch.stack([image.as_subclass(torch.Tensor) for image, _ in items])
+    return images, [target for _, target in items]
+
+
+@dataclass
+class BatchCollator(_EpochAware):
+    """Training collator: :func:`collate`, then mixup and multi-scale by policy.
+
+    Mixup (DEIM): image ``i`` becomes ``beta·x_i + (1-beta)·x_{i-1}`` (cyclic) and its target
+    gains the boxes and labels of image ``i-1``. Multi-scale: the batch is resized to a
+    random square size with ``interpolation`` (``"nearest"``, as the official collator's
+    ``F.interpolate`` default). Boxes are normalised, so resizing leaves them unchanged.
+
+    Args:
+        mixup: mixup policy or ``None``.
+        multiscale: multi-scale policy or ``None``.
+        seed: makes each batch's decisions a function of ``(seed, epoch, sample indices)``.
+    """
+
+    mixup: MixupPolicy | None = None
+    multiscale: MultiScalePolicy | None = None
+    seed: int | None = None
+    interpolation: str = "nearest"
+    epoch: int = field(default=0, init=False)
+
+    @classmethod
+    def from_config(cls, config: AugmentConfig, *, seed: int | None = None) -> BatchCollator:
+        mixup = None
+        if config.mixup_prob > 0:
+            mixup = MixupPolicy(prob=config.mixup_prob, epochs=config.mixup_epochs)
+        multiscale = None
+        if config.base_size_repeat is not None:
+            multiscale = MultiScalePolicy(
+                scales=generate_scales(config.base_size, config.base_size_repeat),
+                stop_epoch=config.multiscale_stop_epoch,
+            )
+        return cls(mixup=mixup, multiscale=multiscale, seed=seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        for policy in (self.mixup, self.multiscale):
+            if policy is not None:
+                policy.set_epoch(epoch)
+
+    def __call__(self, items: Sequence[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:
+        images, targets = collate(items)
+        seed = None
+        if self.seed is not None:
+            indices = [int(t.get("idx", -1)) + 1 for t in targets]
+            seed = derive_seed(self.seed, self.epoch, 1, *indices)
+        with _random_scope(seed) as generator:
+            if self.mixup is not None and len(targets) > 1:
+                beta = self.mixup.sample(generator)
+                if beta is not None:
+                    images, targets = _mixup(images, targets, beta)
+            if self.multiscale is not None:
+                size = self.multiscale.sample(generator)
+                if size is not None and size != images.shape[-1]:
+                    images = nnf.interpolate(images, size=(size, size), mode=self.interpolation)
+        return images, targets
+
+
+def _mixup(images: torch.Tensor, targets: list[Target], beta: float) -> tuple[torch.Tensor, list[Target]]:
+    mixed = images * beta + images.roll(shifts=1, dims=0) * (1.0 - beta)
+    out = []
+    for i, target in enumerate(targets):
+        other = targets[i - 1]
+        merged = dict(target)
+        merged["boxes"] = torch.cat([target["boxes"], other["boxes"]])
+        merged["labels"] = torch.cat([target["labels"], other["labels"]])
+        out.append(merged)
+    return mixed, out

@@ -1,0 +1,106 @@
+"""Image and video sources for prediction: files, folders, globs and videos (OpenCV)."""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dfine_cli.errors import DataError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+
+
+def _cv2():  # noqa: ANN202 - OpenCV has no type stubs
+    import cv2
+
+    return cv2
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file as an ``HxWx3`` uint8 RGB array (EXIF orientation applied)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    cv2 = _cv2()
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DataError(f"cannot decode image (corrupt or unsupported format): {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class SourceList:
+    """The resolved inputs of a prediction: image files and video files."""
+
+    images: list[Path]
+    videos: list[Path]
+
+
+def resolve_sources(source: str | Path) -> SourceList:
+    """Resolve ``source`` (an image, a video, a folder, or a glob pattern) into files."""
+    text = str(source)
+    path = Path(text)
+    if any(ch in text for ch in "*?["):
+        matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise DataError(f"no files match {text!r}")
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+        if not files:
+            raise DataError(f"no images or videos in folder {path}")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"source not found: {text}")
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
+    unknown = [p for p in files if p not in images and p not in videos]
+    if unknown and len(files) == 1:
+        raise DataError(f"unsupported file type: {unknown[0]} (expected an image or a video)")
+    return SourceList(images=images, videos=videos)
+
+
+@dataclass
+class VideoInfo:
+    fps: float
+    width: int
+    height: int
+    frames: int
+
+
+def open_video(path: Path) -> tuple[object, VideoInfo]:
+    """Open a video for reading; :class:`DataError` when OpenCV cannot read a frame."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise DataError(f"cannot open video: {path}")
+    ok, _ = cap.read()
+    if not ok:
+        cap.release()
+        raise DataError(f"cannot read frames from video (corrupt or unsupported codec): {path}")
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    info = VideoInfo(
+        fps=float(cap.get(cv2.CAP_PROP_FPS) or 25.0) or 25.0,
+        width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
+    )
+    return cap, info
+
+
+def iter_video_frames(cap: object) -> Iterator[np.ndarray]:
+    """Yield RGB frames until the stream ends."""
+    cv2 = _cv2()
+    while True:
+        ok, frame = cap.read()  # type: ignore[attr-defined]
+        if not ok:
+            break
+        yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
