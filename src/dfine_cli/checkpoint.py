@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,15 +103,19 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(
-            f"refusing to load {path}: it contains pickled Python objects, not only weights "
-            f"(loading it could run code). {first[:160]}"
-        ) from exc
+        text = str(exc)
+        match = re.search(r"(?:unsupported|not an allowed) GLOBAL ([\w.]+)", text, re.IGNORECASE)
+        if match or "global" in text.lower():
+            what = f" ({match.group(1)})" if match else ""
+            raise CheckpointError(
+                f"refusing to load {path}: it contains pickled Python objects{what}, not only "
+                "weights, and loading it could run code"
+            ) from exc
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (unreadable pickle data)") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-            f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}"
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}"
         ) from exc
 
 

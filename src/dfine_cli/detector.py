@@ -222,10 +222,12 @@ class Detector:
         conf: float = 0.5,
         batch_size: int = 1,
         channels: str = "rgb",
+        max_det: int | None = None,
     ) -> list[Detections]:
         """Detect objects; ``images`` are paths or ``HxWx3`` uint8 arrays.
 
-        Arrays are taken as RGB by default; pass ``channels="bgr"`` for OpenCV frames.
+        Keeps detections with score ``>= conf`` (at most ``max_det``, best first). Arrays
+        are taken as RGB by default; pass ``channels="bgr"`` for OpenCV frames.
         """
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
@@ -246,15 +248,19 @@ class Detector:
                     paths.append(str(item))
             labels, boxes, scores = self.infer_batch(arrays)
             for i, arr in enumerate(arrays):
-                results.append(self._to_detections(labels[i], boxes[i], scores[i], arr, paths[i], conf))
+                results.append(
+                    self._to_detections(labels[i], boxes[i], scores[i], arr, paths[i], conf, max_det)
+                )
         return results
 
     def _to_detections(
         self, labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray, image: np.ndarray,
-        path: str | None, conf: float,
+        path: str | None, conf: float, max_det: int | None = None,
     ) -> Detections:
         h, w = image.shape[:2]
         keep = scores >= conf
+        if max_det is not None:
+            keep &= np.arange(len(scores)) < max_det  # scores are sorted descending
         boxes = boxes[keep].astype(np.float32).copy()
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)

@@ -1,9 +1,246 @@
-"""Top-level commands: predict, export, info, weights."""
+"""Top-level commands: predict, export, info, weights convert, demo."""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+
 import typer
+
+from dfine_cli.cli._common import handle_errors, print_json, print_table, track
+from dfine_cli.errors import DataError, UsageError
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+class VariantChoice(str, Enum):
+    dfine = "dfine"
+    deim = "deim"
+
+
+def _read_names(path: Path) -> list[str]:
+    """Class names from a text file (one per line) or a YAML/JSON list or {id: name} map."""
+    import yaml
+
+    if not path.is_file():
+        raise DataError(f"names file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        data = yaml.safe_load(text)
+        if isinstance(data, dict) and "names" in data:
+            data = data["names"]
+        if isinstance(data, dict):
+            return [str(data[k]) for k in sorted(data, key=int)]
+        if isinstance(data, list):
+            return [str(x) for x in data]
+        raise DataError(f"{path}: expected a list of names or an {{id: name}} mapping")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def predict(
+    weights: Path = typer.Argument(..., help="Checkpoint (.pth, transformers folder/.safetensors) or exported .onnx."),
+    source: str = typer.Argument(..., help="Image, folder, glob pattern (quoted) or video."),
+    backend: BackendChoice = typer.Option(BackendChoice.auto, help="Inference backend; auto picks by file type."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    conf: float = typer.Option(0.5, min=0.0, max=1.0, help="Minimum score to keep a detection."),
+    img_size: int = typer.Option(None, "--img-size", help="Input size (multiple of 32); default: the model's."),
+    batch_size: int = typer.Option(1, min=1, help="Images per forward pass."),
+    output: Path = typer.Option(None, help="Output folder; default runs/predict/exp{N}."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object with every detection on stdout."),
+    names: Path = typer.Option(None, help="Class names file (txt lines, or YAML/JSON list or map)."),
+    variant: VariantChoice = typer.Option(None, help="Decoder variant for official .pth files (dfine or deim)."),
+    threads: int = typer.Option(None, min=1, help="CPU threads for inference."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Write annotated images/videos."),
+) -> None:
+    """Detect objects in images and videos; write annotated copies and predictions.json."""
+    handle_errors(_predict)(weights, source, backend, device, conf, img_size, batch_size,
+                            output, json_out, names, variant, threads, save)
+
+
+def _predict(weights, source, backend, device, conf, img_size, batch_size, output, json_out,  # noqa: ANN001, PLR0913
+             names, variant, threads, save) -> None:
+    import torch
+
+    from dfine_cli.detector import Detector, check_img_size
+    from dfine_cli.fileio import next_run_dir
+    from dfine_cli.predict import run_prediction
+
+    if threads:
+        torch.set_num_threads(threads)
+    det = Detector.load(weights, backend=backend.value, device=device,
+                        variant=variant.value if variant else None, threads=threads)
+    if img_size is not None:
+        if det.model is None and tuple(det.img_size) != (img_size, img_size):
+            raise UsageError(f"this exported model has a fixed input size {det.img_size}; "
+                             "re-export it for another --img-size")
+        det.backend.meta.img_size = check_img_size((img_size, img_size))
+    if names is not None:
+        loaded = _read_names(names)
+        if len(loaded) < len(det.class_names) and det.model is not None:
+            raise DataError(f"{names} has {len(loaded)} names; the model has {len(det.class_names)} classes")
+        det.backend.meta.class_names = loaded
+    out_dir = Path(output) if output else next_run_dir("predict")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = run_prediction(det, source, out_dir, conf=conf, batch_size=batch_size, save=save,
+                             progress=lambda it, desc, total: track(it, desc, total))
+    if json_out:
+        print_json({"command": "predict", "output_dir": str(out_dir), "images": summary.images,
+                    "videos": summary.videos, "frames": summary.frames, "results": summary.records})
+    else:
+        typer.echo(f"{summary.images} image(s), {summary.videos} video(s) ({summary.frames} frames), "
+                   f"{summary.detections} detection(s) -> {out_dir}")
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to export (any supported format)."),
+    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="Export format."),
+    output: Path = typer.Option(None, help="Output file; default: next to the checkpoint."),
+    img_size: int = typer.Option(None, "--img-size", help="Input size (multiple of 32); default: the model's."),
+    opset: int = typer.Option(17, min=16, help="ONNX opset."),
+    dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Dynamic batch axis N."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph (onnxslim)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare ONNX Runtime with torch (batch 1 and 3)."),
+    variant: VariantChoice = typer.Option(None, help="Decoder variant for official .pth files (dfine or deim)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
+) -> None:
+    """Export a checkpoint to ONNX with the official I/O contract and check it."""
+    handle_errors(_export)(checkpoint, format, output, img_size, opset, dynamic_batch, simplify,
+                           check, variant, json_out)
+
+
+def _export(checkpoint, format, output, img_size, opset, dynamic_batch, simplify, check,  # noqa: ANN001, A002
+            variant, json_out) -> None:
+    from dfine_cli.checkpoint import load_weights, read_checkpoint
+    from dfine_cli.detector import check_img_size
+    from dfine_cli.export.onnx import export_onnx
+    from dfine_cli.models.build import build_model_from_config
+
+    ckpt = read_checkpoint(checkpoint, variant=variant.value if variant else None)
+    model = build_model_from_config(ckpt.info.config)
+    load_weights(model, ckpt.state_dict, source=str(checkpoint))
+    size = check_img_size((img_size, img_size)) if img_size else ckpt.info.img_size
+    out = Path(output) if output else Path(checkpoint).with_suffix(".onnx")
+    report = export_onnx(model, ckpt.info, out, img_size=size, opset=opset,
+                         dynamic_batch=dynamic_batch, simplify=simplify, check=check)
+    if json_out:
+        print_json({"command": "export", **report.to_dict()})
+        return
+    for batch, agreement in report.checks.items():
+        typer.echo(f"check batch {batch}: {agreement.describe()}", err=True)
+    typer.echo(str(report.path))
+
+
+def info(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint or exported .onnx."),
+    variant: VariantChoice = typer.Option(None, help="Decoder variant for official .pth files."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show what a checkpoint holds: size, variant, classes, input size, format."""
+    handle_errors(_info)(checkpoint, variant, json_out)
+
+
+def _info(checkpoint, variant, json_out) -> None:  # noqa: ANN001
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        from dfine_cli.export.onnx import onnx_summary
+
+        if not Path(checkpoint).is_file():
+            from dfine_cli.errors import CheckpointError
+
+            raise CheckpointError(f"ONNX model not found: {checkpoint}")
+        summary = onnx_summary(Path(checkpoint))
+        if json_out:
+            print_json({"command": "info", "format": "onnx", **summary})
+        else:
+            for kind in ("inputs", "outputs"):
+                for v in summary[kind]:  # type: ignore[union-attr]
+                    typer.echo(f"{kind[:-1]}\t{v['name']}\t{v['dtype']}\t{v['shape']}")
+            typer.echo(f"opset\t{summary['opset']}")
+        return
+    from dfine_cli.checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, variant=variant.value if variant else None)
+    cfg = ckpt.info.config
+    n_params = sum(v.numel() for k, v in ckpt.state_dict.items() if v.is_floating_point())
+    data = {
+        "path": str(checkpoint),
+        "source_format": ckpt.info.source_format,
+        "size": cfg.name,
+        "variant": cfg.variant,
+        "num_classes": cfg.num_classes,
+        "class_names": ckpt.info.class_names,
+        "category_ids": ckpt.info.category_ids,
+        "img_size": list(ckpt.info.img_size),
+        "backbone": f"HGNetv2-{cfg.backbone}",
+        "decoder_layers": cfg.num_layers,
+        "tensors": len(ckpt.state_dict),
+        "float_elements": n_params,
+        "has_training_state": ckpt.training is not None,
+    }
+    if json_out:
+        print_json({"command": "info", **data})
+        return
+    rows = [(k, v if not isinstance(v, list) or len(v) <= 8 else f"{v[:8]} ... ({len(v)})") for k, v in data.items()]
+    print_table("checkpoint", ["field", "value"], rows)
+
+
+weights_app = typer.Typer(no_args_is_help=True, help="Convert checkpoints between formats.")
+
+
+@weights_app.command("convert")
+def weights_convert(
+    src: Path = typer.Argument(..., help="Official D-FINE/DEIM .pth, transformers folder/.safetensors, or ours."),
+    dst: Path = typer.Argument(..., help="Output checkpoint (our format)."),
+    variant: VariantChoice = typer.Option(None, help="Decoder variant of an official file (dfine or deim)."),
+    names: Path = typer.Option(None, help="Class names file to record (txt lines, YAML/JSON list or map)."),
+    img_size: int = typer.Option(None, "--img-size", help="Input size to record (multiple of 32)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Write our checkpoint format from any supported checkpoint."""
+    handle_errors(_weights_convert)(src, dst, variant, names, img_size, json_out)
+
+
+def _weights_convert(src, dst, variant, names, img_size, json_out) -> None:  # noqa: ANN001
+    from dfine_cli.checkpoint import load_weights, read_checkpoint, save_checkpoint
+    from dfine_cli.detector import check_img_size
+    from dfine_cli.models.build import build_model_from_config
+
+    ckpt = read_checkpoint(src, variant=variant.value if variant else None)
+    model = build_model_from_config(ckpt.info.config)
+    load_weights(model, ckpt.state_dict, source=str(src))  # validates before writing
+    info = ckpt.info
+    if names is not None:
+        loaded = _read_names(names)
+        if len(loaded) != info.num_classes:
+            raise DataError(f"{names} has {len(loaded)} names; the model has {info.num_classes} classes")
+        info.class_names = loaded
+    if img_size is not None:
+        info.img_size = check_img_size((img_size, img_size))
+    if Path(dst).resolve() == Path(src).resolve():
+        raise UsageError("destination must differ from the source")
+    save_checkpoint(dst, model, info)
+    summary = {"command": "weights convert", "src": str(src), "dst": str(dst),
+               "source_format": info.source_format, "size": info.config.name,
+               "variant": info.variant, "num_classes": info.num_classes}
+    if json_out:
+        print_json(summary)
+    else:
+        typer.echo(str(dst))
 
 
 def register(app: typer.Typer) -> None:
     """Attach the core commands to ``app``."""
+    app.command()(predict)
+    app.command()(export)
+    app.command()(info)
+    app.add_typer(weights_app, name="weights")
+    from dfine_cli.cli.demo import demo
+
+    app.command()(demo)

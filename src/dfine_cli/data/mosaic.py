@@ -116,9 +116,9 @@ class Mosaic:
         Returns:
             ``uint8 [3, H', W']`` image and target with ``xyxy`` boxes on the new canvas.
         """
-        if self.config.probability < 1.0:
-            if float(torch.rand((), generator=generator)) >= self.config.probability:
-                return image, target
+        skip = float(torch.rand((), generator=generator)) >= self.config.probability
+        if self.config.probability < 1.0 and skip:
+            return image, target
         first = self._resized(image, target)
         if self.config.use_cache:
             partners = self._partners_from_cache(first, generator)

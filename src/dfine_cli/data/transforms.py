@@ -35,7 +35,7 @@ import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -242,24 +242,27 @@ class AugmentPolicy(_EpochAware):
         self.mosaic_prob = mosaic_prob
 
     def sample(self, generator: torch.Generator) -> frozenset[str]:
-        """The ops to apply to one sample (draws only for the Mosaic decision)."""
+        """The ops to apply to one sample; draws only the Mosaic decision.
+
+        Mosaic runs with probability ``mosaic_prob`` while it is on (DEIM: ``[start, mid)``)
+        and a sample that gets a Mosaic skips ZoomOut and IoUCrop, as in DEIM.
+        """
         epoch = self.epoch
         if len(self.epochs) == 1:
-            stopped = epoch >= self.epochs[0]
-            return frozenset(op for op in self.available if not (stopped and op in self.controlled))
-        start, mid, stop = self.epochs
+            in_window = epoch < self.epochs[0]
+            mosaic_window = in_window or MOSAIC not in self.controlled
+        else:
+            start, mid, stop = self.epochs
+            in_window = start <= epoch < stop
+            mosaic_window = start <= epoch < mid
         with_mosaic = False
-        if MOSAIC in self.available and start <= epoch < mid:
+        if MOSAIC in self.available and mosaic_window:
             with_mosaic = float(torch.rand((), generator=generator)) < self.mosaic_prob
-        active = set()
-        for op in self.available:
-            if op in self.controlled and not start <= epoch < stop:
-                continue
-            if op == MOSAIC and not with_mosaic:
-                continue
-            if op in (ZOOM_OUT, IOU_CROP) and with_mosaic:
-                continue
-            active.add(op)
+        active = {op for op in self.available if in_window or op not in self.controlled}
+        if with_mosaic:
+            active -= {ZOOM_OUT, IOU_CROP}
+        else:
+            active.discard(MOSAIC)
         return frozenset(active)
 
 
@@ -438,26 +441,34 @@ def collate(items: Sequence[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor,
     return images, [target for _, target in items]
 
 
-@dataclass
 class BatchCollator(_EpochAware):
     """Training collator: :func:`collate`, then mixup and multi-scale by policy.
 
     Mixup (DEIM): image ``i`` becomes ``beta·x_i + (1-beta)·x_{i-1}`` (cyclic) and its target
-    gains the boxes and labels of image ``i-1``. Multi-scale: the batch is resized to a
-    random square size with ``interpolation`` (``"nearest"``, as the official collator's
-    ``F.interpolate`` default). Boxes are normalised, so resizing leaves them unchanged.
+    gains the boxes and labels of image ``i-1``; batches of one image are never mixed.
+    Multi-scale: the batch is resized to a random square size with ``interpolation``
+    (default ``"nearest"``, the official collator's ``F.interpolate`` default). Boxes are
+    normalised, so resizing leaves them unchanged.
 
     Args:
         mixup: mixup policy or ``None``.
         multiscale: multi-scale policy or ``None``.
         seed: makes each batch's decisions a function of ``(seed, epoch, sample indices)``.
+        interpolation: ``torch.nn.functional.interpolate`` mode of the multi-scale resize.
     """
 
-    mixup: MixupPolicy | None = None
-    multiscale: MultiScalePolicy | None = None
-    seed: int | None = None
-    interpolation: str = "nearest"
-    epoch: int = field(default=0, init=False)
+    def __init__(
+        self,
+        *,
+        mixup: MixupPolicy | None = None,
+        multiscale: MultiScalePolicy | None = None,
+        seed: int | None = None,
+        interpolation: str = "nearest",
+    ) -> None:
+        self.mixup = mixup
+        self.multiscale = multiscale
+        self.seed = seed
+        self.interpolation = interpolation
 
     @classmethod
     def from_config(cls, config: AugmentConfig, *, seed: int | None = None) -> BatchCollator:

@@ -147,7 +147,9 @@ class EvalResult:
         mean_r = float(np.mean([c.recall for c in defined])) if defined else math.nan
         with atomic_open(path, "w") as fh:
             writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["category_id", "label", "name", "num_gt", "AP", "AP50", "precision", "recall"])
+            writer.writerow(
+                ["category_id", "label", "name", "num_gt", "AP", "AP50", "precision", "recall"]
+            )
             for c in self.per_class:
                 writer.writerow(
                     [
@@ -164,7 +166,10 @@ class EvalResult:
                     "",
                     "all",
                     sum(c.num_gt for c in self.per_class),
-                    *(_csv_number(v) for v in (self.stats["AP"], self.stats["AP50"], mean_p, mean_r)),
+                    *(
+                        _csv_number(v)
+                        for v in (self.stats["AP"], self.stats["AP50"], mean_p, mean_r)
+                    ),
                 ]
             )
 
@@ -210,7 +215,11 @@ def load_ground_truth(source: Mapping[str, Any] | str | os.PathLike[str]) -> dic
         raise DataError(f"{name}: not a COCO annotation file (needs 'images' and 'categories')")
     try:
         images = [
-            {"id": int(im["id"]), "width": int(im.get("width", 0)), "height": int(im.get("height", 0))}
+            {
+                "id": int(im["id"]),
+                "width": int(im.get("width", 0)),
+                "height": int(im.get("height", 0)),
+            }
             for im in data["images"]
         ]
         categories = [
@@ -230,7 +239,9 @@ def load_ground_truth(source: Mapping[str, Any] | str | os.PathLike[str]) -> dic
                 }
             )
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{name}: malformed image, category or annotation entry ({exc!r})") from None
+        raise DataError(
+            f"{name}: malformed image, category or annotation entry ({exc!r})"
+        ) from None
     return {"images": images, "categories": categories, "annotations": annotations}
 
 
@@ -321,7 +332,9 @@ class CocoEvaluator:
         except ValueError:
             raise ValueError("update got different numbers of label, box and score sets") from None
         if len(per_image) != len(ids):
-            raise ValueError(f"update got {len(ids)} image ids but {len(per_image)} prediction sets")
+            raise ValueError(
+                f"update got {len(ids)} image ids but {len(per_image)} prediction sets"
+            )
         for image_id, (lab, box, score) in zip(ids, per_image, strict=True):
             if image_id not in self._gt_image_ids:
                 raise DataError(f"image id {image_id} is not in the ground-truth annotation file")
@@ -365,8 +378,12 @@ class CocoEvaluator:
                 x, y, w, h = (float(v) for v in row["bbox"])
                 image_id, category_id = int(row["image_id"]), int(row["category_id"])
                 if category_id not in self._category_names:
-                    raise DataError(f"detection has category id {category_id}, not in the ground truth")
-                grouped.setdefault(image_id, []).append([x, y, w, h, float(row["score"]), category_id])
+                    raise DataError(
+                        f"detection has category id {category_id}, not in the ground truth"
+                    )
+                grouped.setdefault(image_id, []).append(
+                    [x, y, w, h, float(row["score"]), category_id]
+                )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"malformed detection result row ({exc!r})") from None
         for image_id, rows in grouped.items():
@@ -596,7 +613,9 @@ def _run_cocoeval(
             coco_gt.dataset, coco_dt.dataset = gt, results_dataset
             coco_gt.createIndex()
             coco_dt.createIndex()
-            evaluation = fce.COCOeval_faster(coco_gt, coco_dt, iouType="bbox", print_function=logger.debug)
+            evaluation = fce.COCOeval_faster(
+                coco_gt, coco_dt, iouType="bbox", print_function=logger.debug
+            )
         else:
             coco_api = _import_backend("pycocotools.coco", "pycocotools")
             cocoeval_api = _import_backend("pycocotools.cocoeval", "pycocotools")

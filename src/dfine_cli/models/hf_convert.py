@@ -20,11 +20,13 @@ What differs between the two layouts:
   newer releases (``o_proj``, ``mlp.layers.{0,1}``, ``encoder.aifi``) are accepted too, as is
   the tied duplicate of the heads at the top level (``class_embed.*``/``bbox_embed.*``).
 
-Official keys a transformers checkpoint never holds (see :func:`is_model_derived_key`):
-``decoder.anchors`` and ``decoder.valid_mask`` (HF recomputes them on the fly), the
-``num_batches_tracked`` counters of BatchNorm layers that HF froze (its backbone by default)
-and ``decoder.denoising_class_embed.weight`` when HF was configured with
-``num_denoising=0``. :func:`merge_model_derived` takes these from a freshly built model.
+Official keys a transformers checkpoint never holds: ``decoder.anchors`` and
+``decoder.valid_mask`` (HF regenerates them from the input size); the loader takes them from
+the built model (:func:`is_model_derived_key`). The backbone BatchNorm counters
+(``num_batches_tracked``) that N/S/M keep but HF's frozen backbone BatchNorm lacks are
+produced as 0, the value of a freshly built model (official checkpoints also hold 0).
+Without denoising (``num_denoising=0``) HF has no ``denoising_class_embed``; the spec then
+builds the model without it too.
 
 Behavioural differences of transformers' D-FINE worth knowing (reported in
 :attr:`HFModelSpec.notes` when they apply):
@@ -60,7 +62,6 @@ __all__ = [
     "hf_state_dict_to_official",
     "is_model_derived_key",
     "load_hf_as_official",
-    "merge_model_derived",
     "read_hf_checkpoint",
     "spec_from_state_dict_shapes",
 ]
@@ -82,11 +83,13 @@ class HFModelSpec:
     variant: str  # "dfine" (ReLU decoder) | "deim" (SiLU decoder)
     num_classes: int
     class_names: tuple[str, ...] = ()
+    num_denoising: int = 100  # 0: no denoising class embedding in the checkpoint
     notes: tuple[str, ...] = ()
 
     def model_config(self) -> ModelConfig:
         """The preset this checkpoint matches, with its number of classes."""
-        return preset(self.size, num_classes=self.num_classes, variant=self.variant)
+        cfg = preset(self.size, num_classes=self.num_classes, variant=self.variant)
+        return cfg if self.num_denoising > 0 else cfg.replace(num_denoising=0)
 
 
 # --------------------------------------------------------------------------- config.json
@@ -390,16 +393,12 @@ def hf_config_to_spec(config: Mapping[str, Any]) -> HFModelSpec:
             f"config.json says reg_scale {get('reg_scale')} but D-FINE-{size.upper()} uses "
             f"{reg_scale:g}; the value stored in the weights is used, as in transformers"
         )
-    if int(get("num_denoising")) <= 0:
-        notes.append(
-            "no denoising class embedding in the checkpoint (num_denoising 0); it only "
-            "matters for training and is taken from the freshly built model"
-        )
     return HFModelSpec(
         size=size,
         variant=variant,
         num_classes=len(class_names),
         class_names=class_names,
+        num_denoising=max(int(get("num_denoising")), 0),
         notes=tuple(notes),
     )
 
@@ -475,6 +474,7 @@ _QKV = re.compile(
 _MLP_LAYER = re.compile(r"(layers\.\d+)\.mlp\.layers\.([01])\.")
 _MLP_NAMES = {"0": "fc1", "1": "fc2"}
 _BACKBONE_NORM_COUNTER = re.compile(r"backbone\..*\.num_batches_tracked")
+_BACKBONE_NORM_MEAN = re.compile(r"(?P<bn>backbone\..*\.bn)\.running_mean")
 
 
 def _canonical_hf_key(key: str) -> str:
@@ -524,8 +524,9 @@ def hf_state_dict_to_official(state: Mapping[str, Tensor], spec: HFModelSpec) ->
 
     Floating-point tensors are returned as float32 (transformers may save fp16/bf16);
     ``reg_scale`` becomes int64 ``[1]`` and appears, like ``up``, under both official
-    names. The result lacks the keys :func:`is_model_derived_key` accepts; BatchNorm
-    counters of a backbone that the official preset freezes (L, X) are dropped.
+    names. Backbone BatchNorm counters follow the preset: dropped where the official
+    backbone BatchNorm is frozen (L, X), 0 where HF froze it but the official one is not
+    (N, S, M). The result lacks only the keys :func:`is_model_derived_key` accepts.
 
     Raises:
         CheckpointError: unknown or incomplete keys, or weights that contradict ``spec``
@@ -567,6 +568,11 @@ def hf_state_dict_to_official(state: Mapping[str, Tensor], spec: HFModelSpec) ->
 
     if cfg.freeze_norm:  # official FrozenBatchNorm2d keeps no counter
         official = {k: v for k, v in official.items() if not _BACKBONE_NORM_COUNTER.fullmatch(k)}
+    else:  # HF froze a BatchNorm2d that counts batches in the official model
+        for key in list(official):
+            match = _BACKBONE_NORM_MEAN.fullmatch(key)
+            if match and f"{match['bn']}.num_batches_tracked" not in official:
+                official[f"{match['bn']}.num_batches_tracked"] = torch.tensor(0, dtype=torch.int64)
 
     head = official.get("decoder.dec_score_head.0.weight")
     if head is None:
@@ -604,49 +610,12 @@ def _fdr_constants(
 
 
 def is_model_derived_key(key: str) -> bool:
-    """Whether an official key may be missing from a converted transformers checkpoint.
+    """Whether an official key is absent from every converted transformers checkpoint.
 
-    These are taken from the freshly built model instead: the eval-size anchors and their
-    mask (transformers regenerates them), BatchNorm ``num_batches_tracked`` counters
-    (transformers freezes its backbone BatchNorm and stores none) and the denoising class
-    embedding (absent when transformers ran with ``num_denoising=0``; training only).
+    Only the eval-size anchors and their validity mask: transformers regenerates them from
+    the input size and stores neither; the loader takes them from the built model.
     """
-    return key in (
-        "decoder.anchors",
-        "decoder.valid_mask",
-        "decoder.denoising_class_embed.weight",
-    ) or key.endswith(".num_batches_tracked")
-
-
-def merge_model_derived(
-    converted: Mapping[str, Tensor], model_state: Mapping[str, Tensor]
-) -> dict[str, Tensor]:
-    """Complete ``converted`` with the model's own tensors where transformers has none.
-
-    Returns a state dict with exactly ``model_state``'s keys (in its order), ready for a
-    strict ``load_state_dict``.
-
-    Raises:
-        CheckpointError: keys the model lacks, missing keys that are not model-derived, or
-            shape mismatches (the first few of each are listed).
-    """
-    unexpected = [k for k in converted if k not in model_state]
-    missing = [k for k in model_state if k not in converted and not is_model_derived_key(k)]
-    mismatched = [
-        f"{k} {tuple(converted[k].shape)} vs {tuple(model_state[k].shape)}"
-        for k in converted
-        if k in model_state and converted[k].shape != model_state[k].shape
-    ]
-    problems = []
-    if unexpected:
-        problems.append(f"unexpected keys {_first(unexpected)}")
-    if missing:
-        problems.append(f"missing keys {_first(missing)}")
-    if mismatched:
-        problems.append(f"shape mismatches {_first(mismatched)}")
-    if problems:
-        raise CheckpointError("converted transformers weights do not fit the model: " + "; ".join(problems))
-    return {k: converted.get(k, model_state[k]) for k in model_state}
+    return key in ("decoder.anchors", "decoder.valid_mask")
 
 
 # ---------------------------------------------------------------- weights without config
@@ -844,8 +813,7 @@ def read_hf_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | 
 def load_hf_as_official(path: Path) -> tuple[dict[str, Tensor], HFModelSpec]:
     """Read, identify and convert a transformers checkpoint (see the functions above).
 
-    The result still lacks the model-derived keys; complete it with
-    :func:`merge_model_derived` against the built model's ``state_dict()``.
+    The result lacks only the model-derived keys (:func:`is_model_derived_key`).
     """
     state, config = read_hf_checkpoint(path)
     spec = hf_config_to_spec(config) if config is not None else spec_from_state_dict_shapes(state)

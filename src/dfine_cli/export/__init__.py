@@ -1,0 +1,1 @@
+"""Exporters: ONNX (with a torch-vs-ONNX Runtime check)."""
