@@ -17,7 +17,9 @@ log = logging.getLogger("dfine.demo")
 
 def demo_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
     """A deterministic RGB test image: a gradient background with filled shapes."""
-    import cv2
+    from dfine_cli.media import cv2_module
+
+    cv2 = cv2_module()
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -50,7 +52,9 @@ def run_demo(
     The weights are random: detections are meaningless and only show that the whole path
     (model construction, preprocessing, inference, postprocessing, drawing) works offline.
     """
-    import cv2
+    from dfine_cli.media import cv2_module
+
+    cv2 = cv2_module()
 
     output_dir.mkdir(parents=True, exist_ok=True)
     image = demo_image(seed=seed)

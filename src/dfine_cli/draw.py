@@ -18,7 +18,9 @@ def class_color(index: int) -> tuple[int, int, int]:
 
 def draw_detections(image_rgb: np.ndarray, det: Detections) -> np.ndarray:
     """Return a BGR copy of ``image_rgb`` with boxes and ``name score`` labels drawn."""
-    import cv2
+    from dfine_cli.media import cv2_module
+
+    cv2 = cv2_module()
 
     canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     thickness = max(1, round(min(canvas.shape[:2]) / 320))

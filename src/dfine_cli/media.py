@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 
 
-def _cv2():  # noqa: ANN202 - OpenCV has no type stubs
+def cv2_module():  # noqa: ANN201 - OpenCV has no type stubs
+    """OpenCV, with FFmpeg's own console messages silenced (errors are ours to report)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     import cv2
 
     return cv2
@@ -26,7 +30,7 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}")
-    cv2 = _cv2()
+    cv2 = cv2_module()
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
@@ -78,7 +82,7 @@ class VideoInfo:
 
 def open_video(path: Path) -> tuple[object, VideoInfo]:
     """Open a video for reading; :class:`DataError` when OpenCV cannot read a frame."""
-    cv2 = _cv2()
+    cv2 = cv2_module()
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DataError(f"cannot open video: {path}")
@@ -98,7 +102,7 @@ def open_video(path: Path) -> tuple[object, VideoInfo]:
 
 def iter_video_frames(cap: object) -> Iterator[np.ndarray]:
     """Yield RGB frames until the stream ends."""
-    cv2 = _cv2()
+    cv2 = cv2_module()
     while True:
         ok, frame = cap.read()  # type: ignore[attr-defined]
         if not ok:

@@ -30,7 +30,9 @@ class PredictSummary:
 
 
 def _write_image(path: Path, bgr: np.ndarray) -> None:
-    import cv2
+    from dfine_cli.media import cv2_module
+
+    cv2 = cv2_module()
 
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), bgr):
@@ -64,7 +66,9 @@ def predict_video(
     detector: Detector, path: Path, output_dir: Path, conf: float, save: bool = True
 ) -> Iterator[tuple[int, Detections]]:
     """Predict frame by frame; the annotated video is written atomically (mp4v)."""
-    import cv2
+    from dfine_cli.media import cv2_module
+
+    cv2 = cv2_module()
 
     cap, info = open_video(path)
     target = output_dir / f"{path.stem}.mp4"

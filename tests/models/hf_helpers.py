@@ -135,3 +135,31 @@ def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> No
                 tensor.copy_(noise / fan_in**0.5)
             else:
                 tensor.add_(scale * noise)
+
+
+def calibrate_batchnorm_(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of its input on ``images``.
+
+    One eval-mode forward pass; each BatchNorm (transformers' frozen ones included) takes
+    the per-channel mean and variance of its actual input just before it runs, so layers
+    downstream see calibrated inputs too. Keeps random deep backbones (B4, B5) from
+    saturating into identical predictions for every query.
+    """
+
+    def set_statistics(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach()
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+
+    handles = [
+        module.register_forward_pre_hook(set_statistics)
+        for module in model.modules()
+        if "BatchNorm" in type(module).__name__ and isinstance(getattr(module, "running_var", None), torch.Tensor)
+    ]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(pixel_values=images)
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -88,7 +88,9 @@ def parse_names(value: str | Path | None) -> list[str] | None:
     if not names:
         raise UsageError(f"--names gives no class names: {value}")
     if len(set(names)) != len(names):
-        raise UsageError(f"--names has duplicates: {', '.join(sorted(n for n, c in Counter(names).items() if c > 1))}")
+        raise UsageError(
+            f"--names has duplicates: {', '.join(sorted(n for n, c in Counter(names).items() if c > 1))}"
+        )
     return names
 
 
@@ -145,7 +147,8 @@ def _write_coco(
         "images": coco_images,
         "annotations": coco_annotations,
         "categories": [
-            {"id": index, "name": name, "supercategory": "none"} for index, name in enumerate(names, start=1)
+            {"id": index, "name": name, "supercategory": "none"}
+            for index, name in enumerate(names, start=1)
         ],
     }
     write_json(output, coco)
@@ -194,7 +197,9 @@ def _yaml_names(spec: dict[str, Any], path: Path) -> list[str]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
 
 
 def yolo_label_path(image: Path) -> Path:
@@ -208,7 +213,9 @@ def yolo_label_path(image: Path) -> Path:
     return image.with_suffix(".txt")
 
 
-def _yolo_sources(source: Path, split: str, images_dir: Path | None) -> tuple[list[Path], Path, list[str] | None]:
+def _yolo_sources(
+    source: Path, split: str, images_dir: Path | None
+) -> tuple[list[Path], Path, list[str] | None]:
     """Image folders, the root ``file_name`` is relative to, and names found beside the data."""
     if source.is_file():
         if source.suffix.lower() not in (".yaml", ".yml"):
@@ -223,7 +230,9 @@ def _yolo_sources(source: Path, split: str, images_dir: Path | None) -> tuple[li
         folders = [root / str(e) for e in entries]
         for folder in folders:
             if not folder.is_dir():
-                raise DataError(f"{source}: '{split}' folder not found: {folder} (image-list .txt files are not supported)")
+                raise DataError(
+                    f"{source}: '{split}' folder not found: {folder} (image-list .txt files are not supported)"
+                )
         base = images_dir or (folders[0] if len(folders) == 1 else root)
         return folders, base, _yaml_names(spec, source) if "names" in spec else None
     if not source.is_dir():
@@ -237,14 +246,22 @@ def _yolo_sources(source: Path, split: str, images_dir: Path | None) -> tuple[li
             names = _yaml_names(_load_yaml(source / yaml_name), source / yaml_name)
             break
     else:
-        for classes in (source / "classes.txt", source / "labels" / "classes.txt", images_dir / "classes.txt"):
+        for classes in (
+            source / "classes.txt",
+            source / "labels" / "classes.txt",
+            images_dir / "classes.txt",
+        ):
             if classes.is_file():
-                names = [n.strip() for n in classes.read_text(encoding="utf-8").splitlines() if n.strip()]
+                names = [
+                    n.strip() for n in classes.read_text(encoding="utf-8").splitlines() if n.strip()
+                ]
                 break
     return [images_dir], images_dir, names
 
 
-def _yolo_boxes(label: Path, width: int, height: int, num_classes: int, report: _Report) -> list[tuple[int, list[float]]]:
+def _yolo_boxes(
+    label: Path, width: int, height: int, num_classes: int, report: _Report
+) -> list[tuple[int, list[float]]]:
     boxes = []
     for line_number, line in enumerate(label.read_text(encoding="utf-8").splitlines(), start=1):
         where = f"{label}:{line_number}"
@@ -297,10 +314,14 @@ def convert_yolo(
     without a label file is a negative (background) image, as in YOLO.
     """
     source, output = Path(source), Path(output)
-    folders, base, found_names = _yolo_sources(source, split, Path(images_dir) if images_dir else None)
+    folders, base, found_names = _yolo_sources(
+        source, split, Path(images_dir) if images_dir else None
+    )
     class_names = list(names) if names is not None else found_names
     if not class_names:
-        raise DataError(f"no class names for {source}: add data.yaml or classes.txt, or pass --names")
+        raise DataError(
+            f"no class names for {source}: add data.yaml or classes.txt, or pass --names"
+        )
     report = _Report()
     images: list[_Image] = []
     for folder in folders:
@@ -344,7 +365,9 @@ def _voc_image(root: ET.Element, xml_path: Path, images_dir: Path) -> Path | Non
 
 def _voc_box(obj: ET.Element) -> list[float] | None:
     try:
-        xmin, ymin, xmax, ymax = (float(obj.findtext(f"bndbox/{k}") or "") for k in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = (
+            float(obj.findtext(f"bndbox/{k}") or "") for k in ("xmin", "ymin", "xmax", "ymax")
+        )
     except ValueError:
         return None
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)) or xmax < xmin or ymax < ymin:
@@ -354,7 +377,10 @@ def _voc_box(obj: ET.Element) -> list[float] | None:
 
 def _voc_class_names(xml_roots: Iterable[ET.Element | None]) -> list[str]:
     found = {
-        (obj.findtext("name") or "").strip() for root in xml_roots if root is not None for obj in root.iter("object")
+        (obj.findtext("name") or "").strip()
+        for root in xml_roots
+        if root is not None
+        for obj in root.iter("object")
     }
     return sorted(n for n in found if n)
 
@@ -377,8 +403,10 @@ def convert_voc(
     if not source.is_dir():
         raise DataError(f"VOC dataset not found: {source}")
     annotations_dir = source / "Annotations" if (source / "Annotations").is_dir() else source
-    images_root = Path(images_dir) if images_dir else (
-        source / "JPEGImages" if (source / "JPEGImages").is_dir() else annotations_dir
+    images_root = (
+        Path(images_dir)
+        if images_dir
+        else (source / "JPEGImages" if (source / "JPEGImages").is_dir() else annotations_dir)
     )
     if not images_root.is_dir():
         raise DataError(f"image folder not found: {images_root}")
@@ -393,7 +421,11 @@ def convert_voc(
         list_file = source / "ImageSets" / "Main" / f"{split}.txt"
         if not list_file.is_file():
             raise DataError(f"split list not found: {list_file}")
-        wanted = [line.split()[0] for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        wanted = [
+            line.split()[0]
+            for line in list_file.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
     class_names = list(names) if names is not None else _voc_class_names(roots.values())
     category_of = {name: index for index, name in enumerate(class_names, start=1)}
 

@@ -113,7 +113,9 @@ def parse_coco_annotations(annotation_file: str | os.PathLike[str]) -> CocoIndex
         if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
             raise DataError(f"{path}: annotation {ann_ids[i]} has a malformed bbox {ann['bbox']!r}")
         if image_id not in image_row:
-            raise DataError(f"{path}: annotation {ann_ids[i]} refers to unknown image id {image_id}")
+            raise DataError(
+                f"{path}: annotation {ann_ids[i]} refers to unknown image id {image_id}"
+            )
         if category_id not in label_of:
             raise DataError(
                 f"{path}: annotation {ann_ids[i]} has category id {category_id}, "
@@ -250,7 +252,9 @@ class CocoDetectionDataset(Dataset[tuple[Any, Target]]):
         height, width = int(image.shape[-2]), int(image.shape[-1])
         expected = (int(self.index.widths[index]), int(self.index.heights[index]))
         if expected != (0, 0) and expected != (width, height):
-            logger.debug("%s: annotation says %dx%d, image is %dx%d", path, *expected, width, height)
+            logger.debug(
+                "%s: annotation says %dx%d, image is %dx%d", path, *expected, width, height
+            )
 
         start, end = self.index.ann_offsets[index], self.index.ann_offsets[index + 1]
         keep = ~self.index.ann_crowd[start:end]
@@ -264,7 +268,9 @@ class CocoDetectionDataset(Dataset[tuple[Any, Target]]):
                 format="XYXY",
                 canvas_size=(height, width),
             ),
-            "labels": torch.as_tensor(self.index.ann_labels[start:end][keep][valid], dtype=torch.int64),
+            "labels": torch.as_tensor(
+                self.index.ann_labels[start:end][keep][valid], dtype=torch.int64
+            ),
             "image_id": torch.tensor(int(self.index.image_ids[index]), dtype=torch.int64),
             "orig_size": torch.tensor([width, height], dtype=torch.int64),
             "idx": torch.tensor(index, dtype=torch.int64),
@@ -370,7 +376,9 @@ def check_dataset(
                 size_mismatch += 1
         if size_mismatch:
             logger.warning(
-                "%d images differ in size from the width/height in %s", size_mismatch, annotation_file
+                "%d images differ in size from the width/height in %s",
+                size_mismatch,
+                annotation_file,
             )
 
     counts = np.diff(index.ann_offsets)

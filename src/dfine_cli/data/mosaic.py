@@ -68,9 +68,13 @@ class MosaicConfig:
             raise UsageError(f"mosaic probability must be in [0, 1], got {self.probability}")
         lo, hi = self.scaling_range
         if not 0 < lo <= hi:
-            raise UsageError(f"mosaic scaling_range must be 0 < low <= high, got {self.scaling_range}")
+            raise UsageError(
+                f"mosaic scaling_range must be 0 < low <= high, got {self.scaling_range}"
+            )
         if any(not 0.0 <= t <= 1.0 for t in self.translation_range):
-            raise UsageError(f"mosaic translation_range must be in [0, 1], got {self.translation_range}")
+            raise UsageError(
+                f"mosaic translation_range must be in [0, 1], got {self.translation_range}"
+            )
         if self.rotation_range < 0:
             raise UsageError(f"mosaic rotation_range must be >= 0, got {self.rotation_range}")
         if not 0 <= self.fill_value <= 255:
@@ -116,8 +120,8 @@ class Mosaic:
         Returns:
             ``uint8 [3, H', W']`` image and target with ``xyxy`` boxes on the new canvas.
         """
-        skip = float(torch.rand((), generator=generator)) >= self.config.probability
-        if self.config.probability < 1.0 and skip:
+        probability = self.config.probability
+        if probability < 1.0 and float(torch.rand((), generator=generator)) >= probability:
             return image, target
         first = self._resized(image, target)
         if self.config.use_cache:

@@ -160,7 +160,9 @@ def moved_file_name(file_name: str) -> str:
     return "/".join([MOVED_PREFIX, *rest])
 
 
-def _val_members(val_json: Path, keep: set[Any], moved: set[Any], counts: _RemapCounts) -> Iterator[tuple[str, Any]]:
+def _val_members(
+    val_json: Path, keep: set[Any], moved: set[Any], counts: _RemapCounts
+) -> Iterator[tuple[str, Any]]:
     def images(elements: Iterable[Any]) -> Iterator[Any]:
         for image in elements:
             if image["id"] in keep:
@@ -240,7 +242,9 @@ def _train_members(
             yield key, value
     missing = {"images", "annotations", "categories"} - seen
     if missing:
-        raise DataError(f"{train_json}: missing {', '.join(sorted(missing))} (not a COCO annotation file?)")
+        raise DataError(
+            f"{train_json}: missing {', '.join(sorted(missing))} (not a COCO annotation file?)"
+        )
 
 
 def _copy_moved_images(
@@ -286,7 +290,10 @@ def remap_obj365(
     train_json, val_json = train_dir / TRAIN_JSON, val_dir / VAL_JSON
     _require_file(train_json, "training annotations")
     _require_file(val_json, "validation annotations")
-    new_val_json, new_train_json = val_dir / new_json_name("val"), train_dir / new_json_name("train")
+    new_val_json, new_train_json = (
+        val_dir / new_json_name("val"),
+        train_dir / new_json_name("train"),
+    )
 
     # Pass 1 over the (small) validation file: image ids in JSON order decide the split.
     keep: set[Any] = set()
@@ -332,7 +339,10 @@ def remap_obj365(
         )
         # Leaving the block renames both files into place, the training file first.
     if counts.dropped:
-        logger.warning("%d validation annotations refer to no validation image and were dropped", counts.dropped)
+        logger.warning(
+            "%d validation annotations refer to no validation image and were dropped",
+            counts.dropped,
+        )
     return RemapSummary(
         new_val_json=new_val_json,
         new_train_json=new_train_json,
@@ -353,7 +363,9 @@ def remap_obj365(
 _AXES_SWAPPED = frozenset({5, 6, 7, 8})
 
 
-def orient_point(x: float, y: float, orientation: int, width: float, height: float) -> tuple[float, float]:
+def orient_point(
+    x: float, y: float, orientation: int, width: float, height: float
+) -> tuple[float, float]:
     """Map a point from the stored pixels (``width × height``) to the EXIF-upright image.
 
     Continuous pixel coordinates; ``orientation`` is the EXIF tag 0x0112 (1–8) as applied by
@@ -449,7 +461,9 @@ def _resize_one(images_dir: str, max_size: int, task: tuple[str, Any, Any]) -> I
         with Image.open(source) as img:
             stored_w, stored_h = img.size
             orientation = _exif_orientation(img)
-            upright_w, upright_h = (stored_h, stored_w) if orientation in _AXES_SWAPPED else (stored_w, stored_h)
+            upright_w, upright_h = (
+                (stored_h, stored_w) if orientation in _AXES_SWAPPED else (stored_w, stored_h)
+            )
             boxes_upright = (
                 orientation in _AXES_SWAPPED
                 and (json_width, json_height) == (upright_w, upright_h)
@@ -457,11 +471,19 @@ def _resize_one(images_dir: str, max_size: int, task: tuple[str, Any, Any]) -> I
             )
             longest = max(stored_w, stored_h)
             scale = max_size / longest if longest > max_size else 1.0
-            new_w, new_h = (int(upright_w * scale), int(upright_h * scale)) if scale != 1.0 else (upright_w, upright_h)
+            new_w, new_h = (
+                (int(upright_w * scale), int(upright_h * scale))
+                if scale != 1.0
+                else (upright_w, upright_h)
+            )
             if scale == 1.0 and orientation == 1:
                 img.load()  # decode: a corrupt file fails here rather than in training
-                return ImageOutcome(None, new_w, new_h, 1.0, 1, stored_w, stored_h, False, "unchanged")
-            outcome = ImageOutcome(None, new_w, new_h, scale, orientation, stored_w, stored_h, boxes_upright, "written")
+                return ImageOutcome(
+                    None, new_w, new_h, 1.0, 1, stored_w, stored_h, False, "unchanged"
+                )
+            outcome = ImageOutcome(
+                None, new_w, new_h, scale, orientation, stored_w, stored_h, boxes_upright, "written"
+            )
             target = Path(images_dir, resized_file_name(file_name))
             if _is_finished(target, new_w, new_h):
                 return outcome._replace(action="reused")
@@ -477,7 +499,9 @@ def _resize_one(images_dir: str, max_size: int, task: tuple[str, Any, Any]) -> I
         return _failed(_describe(exc))
 
 
-def _resize_batch(images_dir: str, max_size: int, batch: list[tuple[str, Any, Any]]) -> list[ImageOutcome]:
+def _resize_batch(
+    images_dir: str, max_size: int, batch: list[tuple[str, Any, Any]]
+) -> list[ImageOutcome]:
     return [_resize_one(images_dir, max_size, task) for task in batch]
 
 
@@ -487,7 +511,11 @@ def _ignore_sigint() -> None:
 
 
 def _run_resize(
-    tasks: list[tuple[str, Any, Any]], images_dir: Path, max_size: int, workers: int, batch_size: int = 16
+    tasks: list[tuple[str, Any, Any]],
+    images_dir: Path,
+    max_size: int,
+    workers: int,
+    batch_size: int = 16,
 ) -> Iterator[tuple[int, ImageOutcome]]:
     """Yield ``(task index, outcome)`` as images finish (not in order)."""
     if workers <= 1:
@@ -547,10 +575,16 @@ class ResizeSummary:
     """Annotations left out: those of failed images (with ``skip_bad``) or of no listed image."""
 
 
-def _update_annotation(annotation: dict[str, Any], outcome: ImageOutcome, source: Path) -> dict[str, Any]:
+def _update_annotation(
+    annotation: dict[str, Any], outcome: ImageOutcome, source: Path
+) -> dict[str, Any]:
     bbox = annotation.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(c, int | float) for c in bbox)):
-        raise DataError(f"{source}: annotation {annotation.get('id')} has no valid xywh 'bbox': {bbox!r}")
+    if not (
+        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(c, int | float) for c in bbox)
+    ):
+        raise DataError(
+            f"{source}: annotation {annotation.get('id')} has no valid xywh 'bbox': {bbox!r}"
+        )
     updated = dict(annotation)
     segmentation = annotation.get("segmentation")
     polygons = isinstance(segmentation, list) and all(isinstance(p, list) for p in segmentation)
@@ -559,7 +593,11 @@ def _update_annotation(annotation: dict[str, Any], outcome: ImageOutcome, source
         bbox = orient_box(bbox, *args)
         if polygons:
             segmentation = [
-                [c for x, y in zip(p[0::2], p[1::2], strict=True) for c in orient_point(x, y, *args)]
+                [
+                    c
+                    for x, y in zip(p[0::2], p[1::2], strict=True)
+                    for c in orient_point(x, y, *args)
+                ]
                 for p in segmentation
             ]
     scale = outcome.scale
@@ -598,7 +636,11 @@ def _resized_members(
                 continue
             counts["annotations"] += 1
             outcome = outcomes[index]
-            yield annotation if outcome.action == "unchanged" else _update_annotation(annotation, outcome, source)
+            yield (
+                annotation
+                if outcome.action == "unchanged"
+                else _update_annotation(annotation, outcome, source)
+            )
 
     for key, value in iter_members(source):
         if key == "images":
@@ -658,7 +700,9 @@ def resize_coco_images(
         else set()
     )
     for index in clobbering:
-        outcomes[index] = _failed(f"its output {resized_file_name(tasks[index][0])} would overwrite an original image")
+        outcomes[index] = _failed(
+            f"its output {resized_file_name(tasks[index][0])} would overwrite an original image"
+        )
     todo = [i for i in range(len(tasks)) if i not in clobbering]
     work = _run_resize([tasks[i] for i in todo], images_root, max_size, workers)
     for position, outcome in track(work, description, total=len(todo)):
@@ -710,7 +754,9 @@ def resize_obj365(
     for split in splits:
         if split not in ("train", "val"):
             raise UsageError(f"unknown split '{split}'; expected train or val")
-        _require_file(base / split / new_json_name(split), f"{split} annotations (run remap-obj365 first)")
+        _require_file(
+            base / split / new_json_name(split), f"{split} annotations (run remap-obj365 first)"
+        )
     return [
         resize_coco_images(
             base / split / new_json_name(split),

@@ -64,19 +64,24 @@ class SynthSummary:
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A smooth random colour gradient with low-contrast blotches and pixel noise, uint8 HxWx3."""
-    corners = rng.uniform(70, 185, size=(2, 2, 3))
-    t = np.linspace(0.0, 1.0, size)[:, None, None]
-    s = np.linspace(0.0, 1.0, size)[None, :, None]
+    from PIL import Image
+
+    corners = rng.uniform(70, 185, size=(2, 2, 3)).astype(np.float32)
+    t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
+    s = np.linspace(0.0, 1.0, size, dtype=np.float32)[None, :, None]
     top = corners[0, 0] * (1 - s) + corners[0, 1] * s
     bottom = corners[1, 0] * (1 - s) + corners[1, 1] * s
     image = top * (1 - t) + bottom * t
-    coarse = rng.normal(0.0, 14.0, size=(8, 8, 1))
-    image = image + np.kron(coarse, np.ones((size // 8 + 1, size // 8 + 1, 1)))[:size, :size]
-    image = image + rng.normal(0.0, 8.0, size=(size, size, 3))
+    blotches = rng.integers(0, 256, size=(8, 8), dtype=np.uint8)
+    smooth = Image.fromarray(blotches).resize((size, size), Image.Resampling.BICUBIC)
+    image += (np.asarray(smooth, dtype=np.float32)[:, :, None] - 128.0) * 0.2
+    image += rng.integers(-14, 15, size=(size, size, 3), dtype=np.int8)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _draw_shape(draw: Any, kind: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: Any, kind: str, box: tuple[int, int, int, int], fill: tuple[int, int, int]
+) -> None:
     """Draw ``kind`` so that it touches all four sides of the inclusive pixel box (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -110,7 +115,10 @@ def _place(rng: np.random.Generator, size: int, count: int) -> list[tuple[int, i
         x0 = int(rng.integers(2, max(3, size - side - 2)))
         y0 = int(rng.integers(2, max(3, size - side - 2)))
         box = (x0, y0, x0 + side - 1, y0 + side - 1)
-        if all(box[0] > b[2] + 4 or b[0] > box[2] + 4 or box[1] > b[3] + 4 or b[1] > box[3] + 4 for b in placed):
+        if all(
+            box[0] > b[2] + 4 or b[0] > box[2] + 4 or box[1] > b[3] + 4 or b[1] > box[3] + 4
+            for b in placed
+        ):
             placed.append(box)
     return placed
 
@@ -159,9 +167,13 @@ def make_synthetic_dataset(
         raise UsageError(f"--img-size must be at least 64, got {img_size}")
     root = Path(out)
     num_val = max(1, round(VAL_FRACTION * num_images))
-    splits = {"train": range(0, num_images - num_val), "val": range(num_images - num_val, num_images)}
+    splits = {
+        "train": range(0, num_images - num_val),
+        "val": range(num_images - num_val, num_images),
+    }
     categories = [
-        {"id": k + 1, "name": SHAPE_KINDS[k].name, "supercategory": "shape"} for k in range(num_classes)
+        {"id": k + 1, "name": SHAPE_KINDS[k].name, "supercategory": "shape"}
+        for k in range(num_classes)
     ]
     boxes: dict[str, int] = {}
     negatives = 0
@@ -174,7 +186,9 @@ def make_synthetic_dataset(
             file_name = f"{index:06d}.jpg"
             with atomic_path(images_dir / file_name) as tmp:
                 image.save(tmp, format="JPEG", quality=JPEG_QUALITY)
-            images.append({"id": index + 1, "file_name": file_name, "width": img_size, "height": img_size})
+            images.append(
+                {"id": index + 1, "file_name": file_name, "width": img_size, "height": img_size}
+            )
             negatives += not objects
             for class_index, bbox in objects:
                 annotation_id += 1

@@ -102,19 +102,30 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if self.img_size < 32 or self.img_size % 32:
             raise UsageError(f"img_size must be a positive multiple of 32, got {self.img_size}")
-        if len(self.policy_epochs) not in (1, 3) or list(self.policy_epochs) != sorted(self.policy_epochs):
+        if len(self.policy_epochs) not in (1, 3) or list(self.policy_epochs) != sorted(
+            self.policy_epochs
+        ):
             raise UsageError(
                 f"policy_epochs must be (stop,) or ascending (start, mid, stop), got {self.policy_epochs}"
             )
         unknown = sorted(set(self.policy_ops) - set(POLICY_OPS))
         if unknown:
             raise UsageError(f"unknown policy ops {unknown}; known: {list(POLICY_OPS)}")
-        for name in ("photometric_p", "zoom_out_p", "iou_crop_p", "flip_p", "mosaic_prob", "mixup_prob"):
+        for name in (
+            "photometric_p",
+            "zoom_out_p",
+            "iou_crop_p",
+            "flip_p",
+            "mosaic_prob",
+            "mixup_prob",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise UsageError(f"{name} must be in [0, 1], got {value}")
         if len(self.mixup_epochs) != 2 or self.mixup_epochs[0] > self.mixup_epochs[1]:
-            raise UsageError(f"mixup_epochs must be (first, end) with first <= end, got {self.mixup_epochs}")
+            raise UsageError(
+                f"mixup_epochs must be (first, end) with first <= end, got {self.mixup_epochs}"
+            )
         if self.base_size_repeat is not None and self.base_size_repeat < 0:
             raise UsageError(f"base_size_repeat must be >= 0 or None, got {self.base_size_repeat}")
         if self.mosaic_prob > 0 and self.mosaic is None:
@@ -159,7 +170,9 @@ DEIM_MOSAIC = MosaicConfig(
 )
 
 
-def augment_preset(recipe: str, size: str, *, img_size: int = 640, **overrides: Any) -> AugmentConfig:
+def augment_preset(
+    recipe: str, size: str, *, img_size: int = 640, **overrides: Any
+) -> AugmentConfig:
     """The official COCO augmentation recipe of ``recipe`` (``dfine``/``deim``) and model size.
 
     ``img_size`` also sets the multi-scale ``base_size``. Any :class:`AugmentConfig` field can
@@ -300,8 +313,10 @@ class MultiScalePolicy(_EpochAware):
 
 
 def derive_seed(*values: int) -> int:
-    """A well-mixed 63-bit seed from non-negative integers (``numpy.random.SeedSequence``)."""
-    state = np.random.SeedSequence([int(v) for v in values]).generate_state(2, dtype=np.uint32)
+    """A well-mixed 63-bit seed from integers (``numpy.random.SeedSequence``); negative
+    values are taken modulo 2**64."""
+    entropy = [int(v) & 0xFFFF_FFFF_FFFF_FFFF for v in values]
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
@@ -353,7 +368,9 @@ def _finalize(image: tv_tensors.Image, target: Target) -> tuple[torch.Tensor, Ta
     xyxy = torch.minimum(xyxy.clamp(min=0), scale)
     out = dict(target)
     out["boxes"] = F.convert_bounding_box_format(
-        xyxy / scale, old_format=tv_tensors.BoundingBoxFormat.XYXY, new_format=tv_tensors.BoundingBoxFormat.CXCYWH
+        xyxy / scale,
+        old_format=tv_tensors.BoundingBoxFormat.XYXY,
+        new_format=tv_tensors.BoundingBoxFormat.CXCYWH,
     )
     return pixels, out
 
@@ -416,7 +433,9 @@ class TrainTransforms(DetectionPipeline):
             active = self.policy.sample(generator)
             if MOSAIC in active and self.mosaic is not None:
                 if source is None:
-                    raise ValueError("Mosaic needs the dataset as `source` (use CocoDetectionDataset)")
+                    raise ValueError(
+                        "Mosaic needs the dataset as `source` (use CocoDetectionDataset)"
+                    )
                 image, target = self.mosaic(image, target, source, generator)
             if PHOTOMETRIC_DISTORT in active:
                 image, target = self._photometric(image, target)
@@ -489,11 +508,13 @@ class BatchCollator(_EpochAware):
             if policy is not None:
                 policy.set_epoch(epoch)
 
-    def __call__(self, items: Sequence[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:
+    def __call__(
+        self, items: Sequence[tuple[torch.Tensor, Target]]
+    ) -> tuple[torch.Tensor, list[Target]]:
         images, targets = collate(items)
         seed = None
         if self.seed is not None:
-            indices = [int(t.get("idx", -1)) + 1 for t in targets]
+            indices = [int(t.get("idx", -1)) for t in targets]
             seed = derive_seed(self.seed, self.epoch, 1, *indices)
         with _random_scope(seed) as generator:
             if self.mixup is not None and len(targets) > 1:
@@ -507,7 +528,9 @@ class BatchCollator(_EpochAware):
         return images, targets
 
 
-def _mixup(images: torch.Tensor, targets: list[Target], beta: float) -> tuple[torch.Tensor, list[Target]]:
+def _mixup(
+    images: torch.Tensor, targets: list[Target], beta: float
+) -> tuple[torch.Tensor, list[Target]]:
     mixed = images * beta + images.roll(shifts=1, dims=0) * (1.0 - beta)
     out = []
     for i, target in enumerate(targets):

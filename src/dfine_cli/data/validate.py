@@ -24,22 +24,34 @@ ERROR, WARNING = "error", "warning"
 
 CHECKS: dict[str, tuple[str, str]] = {
     # name: (severity, what it means)
-    "bad_image_entry": (ERROR, "image entry without an id, file_name, or positive integer width/height"),
+    "bad_image_entry": (
+        ERROR,
+        "image entry without an id, file_name, or positive integer width/height",
+    ),
     "duplicate_image_id": (ERROR, "two image entries share an id"),
     "missing_image": (ERROR, "image file not found"),
     "unreadable_image": (ERROR, "image file cannot be opened or decoded"),
     "size_mismatch": (ERROR, "image file size differs from the JSON width/height"),
     "bad_category": (ERROR, "category without an integer id or a name"),
     "duplicate_category_id": (ERROR, "two categories share an id"),
-    "bad_annotation": (ERROR, "annotation without id/image_id/category_id or a bbox of 4 finite numbers ≥ 0 in size"),
+    "bad_annotation": (
+        ERROR,
+        "annotation without id/image_id/category_id or a bbox of 4 finite numbers ≥ 0 in size",
+    ),
     "duplicate_annotation_id": (ERROR, "two annotations share an id"),
     "unknown_image_id": (ERROR, "annotation refers to an image id that is not listed"),
     "unknown_category_id": (ERROR, "annotation refers to a category id that is not listed"),
     "zero_area_box": (WARNING, "box with zero width or height (training drops it)"),
-    "box_outside_image": (WARNING, "box extends more than 1 px outside its image (training clips it)"),
+    "box_outside_image": (
+        WARNING,
+        "box extends more than 1 px outside its image (training clips it)",
+    ),
     "empty_category": (WARNING, "category without any box"),
     "duplicate_file_name": (WARNING, "two image entries point to the same file"),
-    "exif_rotated": (WARNING, "image has an EXIF orientation tag: loaders that apply it and loaders that ignore it see different pixels"),
+    "exif_rotated": (
+        WARNING,
+        "image has an EXIF orientation tag: loaders that apply it and loaders that ignore it see different pixels",
+    ),
     "names_mismatch": (WARNING, "class names in the dataset YAML differ from the JSON categories"),
 }
 _OUTSIDE_TOLERANCE = 1.0
@@ -145,7 +157,9 @@ def _probe_all(paths: list[str], decode: bool, workers: int, track: Tracker) -> 
         return list(track(map(probe, paths), "check images", total=len(paths)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         chunk = max(1, min(256, len(paths) // (workers * 8)))
-        return list(track(pool.map(probe, paths, chunksize=chunk), "check images", total=len(paths)))
+        return list(
+            track(pool.map(probe, paths, chunksize=chunk), "check images", total=len(paths))
+        )
 
 
 def _is_int(value: Any) -> bool:
@@ -156,7 +170,10 @@ def _valid_bbox(bbox: Any) -> bool:
     return (
         isinstance(bbox, list)
         and len(bbox) == 4
-        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in bbox
+        )
         and bbox[2] >= 0
         and bbox[3] >= 0
     )
@@ -183,22 +200,35 @@ def validate_coco(
     category_ids: set[Any] = set()
     category_names: dict[Any, str] = {}
     for category in data["categories"]:
-        if not isinstance(category, dict) or not _is_int(category.get("id")) or not isinstance(category.get("name"), str):
+        if (
+            not isinstance(category, dict)
+            or not _is_int(category.get("id"))
+            or not isinstance(category.get("name"), str)
+        ):
             found.add("bad_category", str(category)[:80])
             continue
         if category["id"] in category_ids:
             found.add("duplicate_category_id", f"category id {category['id']}")
         category_ids.add(category["id"])
         category_names[category["id"]] = category["name"]
-    if names is not None and tuple(category_names[k] for k in sorted(category_names)) != tuple(names):
-        found.add("names_mismatch", f"YAML {list(names)} vs JSON {[category_names[k] for k in sorted(category_names)]}")
+    if names is not None and tuple(category_names[k] for k in sorted(category_names)) != tuple(
+        names
+    ):
+        found.add(
+            "names_mismatch",
+            f"YAML {list(names)} vs JSON {[category_names[k] for k in sorted(category_names)]}",
+        )
 
     # Image entries.
     sizes: dict[Any, tuple[int, int]] = {}
     file_of: dict[Any, str] = {}
     seen_files: set[str] = set()
     for image in data["images"]:
-        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
+        if (
+            not isinstance(image, dict)
+            or "id" not in image
+            or not isinstance(image.get("file_name"), str)
+        ):
             found.add("bad_image_entry", str(image)[:80])
             continue
         image_id, file_name = image["id"], image["file_name"]
@@ -207,7 +237,10 @@ def validate_coco(
             continue
         width, height = image.get("width"), image.get("height")
         if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
-            found.add("bad_image_entry", f"image {image_id} ({file_name}): width={width!r} height={height!r}")
+            found.add(
+                "bad_image_entry",
+                f"image {image_id} ({file_name}): width={width!r} height={height!r}",
+            )
             width = height = 0
         if file_name in seen_files:
             found.add("duplicate_file_name", file_name)
@@ -232,14 +265,19 @@ def validate_coco(
         stored = (probe.width, probe.height)
         rotated = (probe.height, probe.width) if probe.orientation in (5, 6, 7, 8) else stored
         if expected != (0, 0) and expected not in (stored, rotated):
-            found.add("size_mismatch", f"{label}: JSON {expected[0]}x{expected[1]}, file {stored[0]}x{stored[1]}")
+            found.add(
+                "size_mismatch",
+                f"{label}: JSON {expected[0]}x{expected[1]}, file {stored[0]}x{stored[1]}",
+            )
 
     # Annotations.
     annotation_ids: set[Any] = set()
     used_categories: Counter[Any] = Counter()
     boxes = 0
     for annotation in data["annotations"]:
-        if not isinstance(annotation, dict) or not all(k in annotation for k in ("id", "image_id", "category_id")):
+        if not isinstance(annotation, dict) or not all(
+            k in annotation for k in ("id", "image_id", "category_id")
+        ):
             found.add("bad_annotation", str(annotation)[:80])
             continue
         label = f"annotation {annotation['id']} (image {annotation['image_id']})"
@@ -347,16 +385,21 @@ def coco_stats(data: dict[str, Any]) -> DatasetStats:
             continue
         boxes_per_image[annotation.get("image_id")] += 1
         boxes_per_class[annotation.get("category_id")] += 1
-        images_per_class.setdefault(annotation.get("category_id"), set()).add(annotation.get("image_id"))
+        images_per_class.setdefault(annotation.get("category_id"), set()).add(
+            annotation.get("image_id")
+        )
         area = annotation["bbox"][2] * annotation["bbox"][3]
         sides.append(math.sqrt(area))
         box_sizes["small" if area < 32**2 else "medium" if area < 96**2 else "large"] += 1
     sides.sort()
     image_ids = {im.get("id") for im in images}
     classes = [
-        ClassStats(c["id"], c["name"], boxes_per_class[c["id"]], len(images_per_class.get(c["id"], ())))
+        ClassStats(
+            c["id"], c["name"], boxes_per_class[c["id"]], len(images_per_class.get(c["id"], ()))
+        )
         for c in sorted(
-            (c for c in data["categories"] if isinstance(c, dict) and _is_int(c.get("id"))), key=lambda c: c["id"]
+            (c for c in data["categories"] if isinstance(c, dict) and _is_int(c.get("id"))),
+            key=lambda c: c["id"],
         )
     ]
     size_counts = Counter(f"{im.get('width')}x{im.get('height')}" for im in images)
@@ -370,7 +413,8 @@ def coco_stats(data: dict[str, Any]) -> DatasetStats:
         classes=classes,
         box_sizes=box_sizes,
         box_side_quantiles={
-            name: _quantile(sides, q) for name, q in (("min", 0.0), ("p25", 0.25), ("p50", 0.5), ("p75", 0.75), ("max", 1.0))
+            name: _quantile(sides, q)
+            for name, q in (("min", 0.0), ("p25", 0.25), ("p50", 0.5), ("p75", 0.75), ("max", 1.0))
         },
         image_sizes=size_counts.most_common(5),
     )

@@ -29,7 +29,7 @@ Nothing is cached between calls.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -89,8 +89,8 @@ class LossWeights:
 class LossOutput:
     """Weighted loss terms under their official names, and their sum."""
 
-    terms: dict[str, Tensor] = field(default_factory=dict)
-    total: Tensor = field(default_factory=lambda: torch.zeros(()))
+    terms: dict[str, Tensor]  # name -> weighted scalar, in the official order
+    total: Tensor  # sum of the terms
 
     def as_floats(self) -> dict[str, float]:
         """The terms as Python floats (for logging; synchronises with the device)."""
@@ -279,16 +279,15 @@ class DFineCriterion(nn.Module):
         num_boxes: float,
         balance: DistillationBalance | None,
     ) -> dict[str, Tensor]:
-        assert outputs.dn_layers is not None
-        meta = outputs.dn_meta
-        if meta is None:
-            raise ValueError("dn_layers without dn_meta")
+        layers, meta = outputs.dn_layers, outputs.dn_meta
+        if not layers or meta is None:
+            raise ValueError("denoising outputs need both dn_layers and dn_meta")
         matches = denoising_matches(
             meta.positive_indices, meta.num_groups, [len(t["labels"]) for t in targets]
         )
         dn_num_boxes = num_boxes * meta.num_groups
-        teacher = outputs.dn_layers[-1]
-        heads = [(f"_dn_{i}", h) for i, h in enumerate(outputs.dn_layers)]
+        teacher = layers[-1]
+        heads = [(f"_dn_{i}", h) for i, h in enumerate(layers)]
         if outputs.dn_pre is not None:
             heads.append(("_dn_pre", outputs.dn_pre))
         terms: dict[str, Tensor] = {}
@@ -329,35 +328,10 @@ class DFineCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         """The weighted terms of one head, named with ``suffix``."""
         w = self.weights
-        terms: dict[str, Tensor] = {}
-
-        # classification on the head's own matching
-        batch_idx, query_idx = matched_pairs(supervision.class_matches)
-        class_ious = paired_box_iou(
-            head.boxes[batch_idx, query_idx],
-            _gather_targets(targets, supervision.class_matches, "boxes"),
-        ).detach()
-        target_scores, positive = dense_class_targets(
-            head.logits,
-            batch_idx,
-            query_idx,
-            _gather_targets(targets, supervision.class_matches, "labels"),
-            class_ious,
-        )
-        if self.class_loss == "vfl":
-            loss = varifocal_loss(
-                head.logits, target_scores, positive, supervision.num_boxes, self.alpha, self.gamma
-            )
-        else:
-            loss = matchability_aware_loss(
-                head.logits,
-                target_scores,
-                positive,
-                supervision.num_boxes,
-                self.gamma,
-                self.mal_alpha,
-            )
-        terms[f"loss_{self.class_loss}{suffix}"] = loss * w.classification
+        terms = {
+            f"loss_{self.class_loss}{suffix}": self._class_loss(head, targets, supervision)
+            * w.classification
+        }
 
         # boxes on the box matching (the GO-LSD union unless disabled)
         box_idx = matched_pairs(supervision.box_matches)
@@ -366,20 +340,18 @@ class DFineCriterion(nn.Module):
         num = supervision.num_box_matches
         terms[f"loss_bbox{suffix}"] = l1_box_loss(pred_boxes, target_boxes, num) * w.bbox
         terms[f"loss_giou{suffix}"] = giou_box_loss(pred_boxes, target_boxes, num) * w.giou
-
         if head.corners is None:
             return terms
-        if head.ref_points is None:
-            raise ValueError("a head with corners must also carry ref_points")
 
         # fine-grained localisation (Eq. 4-5)
+        if head.ref_points is None:
+            raise ValueError("a head with corners must also carry ref_points")
         reg_max = head.corners.shape[-1] // 4 - 1
-        bin_values = weighting_function(reg_max, outputs.up, outputs.reg_scale).to(
-            head.corners.dtype
-        )
+        # targets in the dtype of ``up`` (float32 under autocast too)
+        bin_values = weighting_function(reg_max, outputs.up, outputs.reg_scale)
         with torch.no_grad():
             distances = box_to_distance(
-                head.ref_points[box_idx].detach(),
+                head.ref_points[box_idx],
                 box_convert(target_boxes, "cxcywh", "xyxy"),
                 outputs.reg_scale,
             )
@@ -394,7 +366,8 @@ class DFineCriterion(nn.Module):
         if teacher is not None:
             if teacher.corners is None:
                 raise ValueError("the distillation teacher has no corners")
-            weights = teacher.logits.detach().sigmoid().max(dim=-1).values
+            # unmatched queries: the teacher's confidence; matched ones: this layer's IoU
+            weights = teacher.logits.detach().sigmoid().amax(dim=-1)
             weights[box_idx] = box_ious.to(weights.dtype)
             matched = torch.zeros_like(weights, dtype=torch.bool)
             matched[box_idx] = True
@@ -408,6 +381,26 @@ class DFineCriterion(nn.Module):
             )
             terms[f"loss_ddf{suffix}"] = loss * w.ddf
         return terms
+
+    def _class_loss(
+        self, head: HeadOutput, targets: Sequence[Target], supervision: _Supervision
+    ) -> Tensor:
+        """Unweighted VFL or MAL of one head on its own matching (IoU-valued soft targets)."""
+        matches = supervision.class_matches
+        batch_idx, query_idx = matched_pairs(matches)
+        ious = paired_box_iou(
+            head.boxes[batch_idx, query_idx], _gather_targets(targets, matches, "boxes")
+        )
+        target_scores, positive = dense_class_targets(
+            head.logits, batch_idx, query_idx, _gather_targets(targets, matches, "labels"), ious
+        )
+        if self.class_loss == "vfl":
+            return varifocal_loss(
+                head.logits, target_scores, positive, supervision.num_boxes, self.alpha, self.gamma
+            )
+        return matchability_aware_loss(
+            head.logits, target_scores, positive, supervision.num_boxes, self.gamma, self.mal_alpha
+        )
 
 
 def dfine_criterion(weights: LossWeights = LossWeights()) -> DFineCriterion:

@@ -314,7 +314,7 @@ class CocoEvaluator:
         """Add the detections of a batch of images.
 
         Args:
-            image_ids: ``[B]`` dataset image ids.
+            image_ids: ``[B]`` dataset image ids (ints, 0-d tensors or a ``[B]`` tensor).
             labels: per image ``[N_i]`` contiguous labels in ``0..K-1`` (a ``[B, N]`` tensor
                 or a list of ``[N_i]`` tensors/arrays).
             boxes: per image ``[N_i, 4]`` ``xyxy`` boxes in original-image pixels.
@@ -326,7 +326,7 @@ class CocoEvaluator:
             DataError: an image id is not in the ground truth.
             ValueError: inconsistent shapes or a label outside ``0..K-1``.
         """
-        ids = [int(i) for i in _to_numpy(image_ids).reshape(-1)]
+        ids = [int(i) for i in image_ids]
         try:
             per_image = list(zip(labels, boxes, scores, strict=True))
         except ValueError:

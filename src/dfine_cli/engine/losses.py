@@ -11,7 +11,8 @@ Conventions:
 * ``logits`` are raw classification logits (sigmoid, no softmax), ``[B, Q, C]``;
 * ``corners`` are the unnormalised FDR edge distributions, ``[..., 4 * (reg_max + 1)]`` with the
   four edges (left, top, right, bottom) in that order, each over ``reg_max + 1`` bins;
-* ``num_boxes`` is the normaliser (number of target boxes, averaged over processes).
+* ``num_boxes`` is the normaliser (number of target boxes, averaged over processes);
+* half-precision predictions are upcast: every loss is computed in at least float32.
 
 References:
 
@@ -46,6 +47,11 @@ __all__ = [
     "paired_generalized_box_iou",
     "varifocal_loss",
 ]
+
+
+def _at_least_float32(tensor: Tensor) -> Tensor:
+    """Upcast half-precision inputs: sums over ~10^4 terms and near-zero KLs need float32."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +121,7 @@ def distance_to_bins(distances: Tensor, bin_values: Tensor) -> BinTargets:
     Returns:
         :class:`BinTargets` with the shape of ``distances``; no gradient flows through it.
     """
-    distances = distances.detach()
+    distances = distances.detach().to(bin_values.dtype)
     reg_max = bin_values.numel() - 1
     # number of bins with W(n) <= phi, minus one: -1 below the range, reg_max at or above it
     index = torch.searchsorted(bin_values, distances.contiguous(), right=True) - 1
@@ -151,14 +157,16 @@ def dense_class_targets(
         scores: Tensor[M], the soft target of each match (the IoU of the matched pair).
 
     Returns:
-        ``(target_scores, positive)``, both Tensor[B, Q, C] in the dtype of ``logits``:
+        ``(target_scores, positive)``, both Tensor[B, Q, C] in the dtype of ``logits`` (at least
+        float32):
         ``positive`` is 1 at (image, query, label) of every match and 0 elsewhere;
         ``target_scores`` holds ``scores`` at the same places and 0 elsewhere.
     """
-    positive = torch.zeros_like(logits)
-    target_scores = torch.zeros_like(logits)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    positive = torch.zeros_like(logits, dtype=dtype)
+    target_scores = torch.zeros_like(logits, dtype=dtype)
     positive[batch_idx, query_idx, labels] = 1.0
-    target_scores[batch_idx, query_idx, labels] = scores.detach().to(logits.dtype)
+    target_scores[batch_idx, query_idx, labels] = scores.detach().to(dtype)
     return target_scores, positive
 
 
@@ -193,6 +201,7 @@ def varifocal_loss(
     Returns:
         Scalar tensor.
     """
+    logits = _at_least_float32(logits)
     pred_score = logits.sigmoid().detach()
     weight = alpha * pred_score.pow(gamma) * (1 - positive) + target_scores
     loss = F.binary_cross_entropy_with_logits(
@@ -231,6 +240,7 @@ def matchability_aware_loss(
     Returns:
         Scalar tensor.
     """
+    logits = _at_least_float32(logits)
     pred_score = logits.sigmoid().detach()
     target = target_scores.pow(gamma)
     negative_weight = pred_score.pow(gamma) * (1 - positive)
@@ -340,8 +350,9 @@ def fine_grained_localization_loss(
     Returns:
         Scalar tensor.
     """
+    num_bins = corners.shape[-1] if corners.dim() == 3 else corners.shape[-1] // 4
+    logits = _at_least_float32(corners).reshape(-1, num_bins)
     left = targets.left.reshape(-1)
-    logits = corners.reshape(left.numel(), -1)
     loss = F.cross_entropy(logits, left, reduction="none") * targets.weight_left.reshape(-1)
     right_loss = F.cross_entropy(logits, left + 1, reduction="none")
     loss = loss + right_loss * targets.weight_right.reshape(-1)
@@ -402,8 +413,8 @@ def decoupled_distillation_focal_loss(
         Scalar tensor.
     """
     num_bins = student_corners.shape[-1] // 4
-    student = student_corners.reshape(-1, num_bins)
-    teacher = teacher_corners.detach().reshape(-1, num_bins)
+    student = _at_least_float32(student_corners).reshape(-1, num_bins)
+    teacher = _at_least_float32(teacher_corners.detach()).reshape(-1, num_bins)
     kl = F.kl_div(
         F.log_softmax(student / temperature, dim=1),
         F.softmax(teacher / temperature, dim=1),

@@ -121,10 +121,14 @@ class HungarianMatcher:
         batch_size, num_queries = logits.shape[:2]
         if len(targets) != batch_size:
             raise ValueError(f"{len(targets)} targets for a batch of {batch_size}")
+        # costs in at least float32: half-precision costs tie too easily (and CPU cdist lacks them)
+        dtype = torch.promote_types(boxes.dtype, torch.float32)
         sizes = [len(t["boxes"]) for t in targets]
         labels = torch.cat([t["labels"] for t in targets])
-        target_boxes = torch.cat([t["boxes"] for t in targets]).to(boxes.dtype)
-        cost = self.cost_matrix(logits.flatten(0, 1), boxes.flatten(0, 1), labels, target_boxes)
+        target_boxes = torch.cat([t["boxes"] for t in targets]).to(dtype)
+        cost = self.cost_matrix(
+            logits.flatten(0, 1).to(dtype), boxes.flatten(0, 1).to(dtype), labels, target_boxes
+        )
         cost = cost.view(batch_size, num_queries, len(labels)).cpu()
         cost = torch.nan_to_num(cost, nan=1.0)
 

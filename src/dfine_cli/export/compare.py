@@ -42,6 +42,8 @@ def compare_detections(
     order, so labels and boxes are matched as sets: expected detection ``i`` matches any
     actual detection with the same label, score within ``score_tol`` and box within
     ``box_tol`` (max-abs, pixels). ``max_box_diff`` is the worst best-match distance.
+    Detections whose score ties the top-K cut-off (within ``score_tol``) and find no partner
+    are left out: near-equal scores at the cut may fall on either side of it.
     """
     e_labels, e_boxes, e_scores = (np.asarray(a) for a in expected)
     a_labels, a_boxes, a_scores = (np.asarray(a) for a in actual)
@@ -52,14 +54,16 @@ def compare_detections(
     total = 0
     worst_box = 0.0
     for b in range(e_scores.shape[0]):
+        cutoff = float(min(e_scores[b].min(), a_scores[b].min())) if e_scores.shape[1] else 0.0
         for i in range(e_scores.shape[1]):
-            total += 1
             same = (a_labels[b] == e_labels[b, i]) & (np.abs(a_scores[b] - e_scores[b, i]) <= score_tol)
-            if not same.any():
-                worst_box = float("inf")
+            dist = float(np.abs(a_boxes[b][same] - e_boxes[b, i]).max(-1).min()) if same.any() else float("inf")
+            if dist > box_tol and e_scores[b, i] - cutoff <= score_tol:
+                # Tied with the top-K cut-off score: it may legitimately fall just outside the
+                # other backend's top K, so it is not counted either way.
                 continue
-            dist = np.abs(a_boxes[b][same] - e_boxes[b, i]).max(-1).min()
-            worst_box = max(worst_box, float(dist))
+            total += 1
+            worst_box = max(worst_box, dist)
             matched += int(dist <= box_tol)
     ranks = float((e_labels == a_labels).mean()) if e_labels.size else 1.0
     return Agreement(max_score, worst_box, matched / max(total, 1), ranks)

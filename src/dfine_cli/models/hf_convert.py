@@ -271,50 +271,23 @@ def _class_names(config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(by_index[i] for i in range(len(by_index)))
 
 
-def hf_config_to_spec(config: Mapping[str, Any]) -> HFModelSpec:
-    """Match a transformers D-FINE ``config.json`` (as a dict) to an official preset.
-
-    The size is the preset whose backbone (HGNetv2 B0/B0/B2/B4/B5), encoder, decoder and
-    FDR hyper-parameters all agree; the variant follows ``decoder_activation_function``
-    (ReLU: D-FINE, SiLU: DEIM). ``reg_scale`` is not taken from the config: transformers
-    uses the value stored in the weights, which :func:`hf_state_dict_to_official` checks.
-
-    Raises:
-        CheckpointError: not a D-FINE config, or hyper-parameters of no official size.
-    """
-    model_type = config.get("model_type", "d_fine")
-    if model_type != "d_fine":
-        raise CheckpointError(f"config.json describes a {model_type!r} model, not D-FINE ('d_fine')")
-    if config.get("use_timm_backbone") or (
-        config.get("backbone") and not config.get("backbone_config")
-    ):
-        raise CheckpointError("only transformers D-FINE models with an HGNetV2 backbone_config are supported")
+def _observe_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of :func:`_expected_fields` as a transformers ``config.json`` sets them."""
 
     def get(key: str) -> Any:
         return config[key] if config.get(key) is not None else _DFINE_DEFAULTS.get(key)
 
-    backbone = dict(_HGNET_DEFAULTS)
     backbone_config = config.get("backbone_config") or {}
     if backbone_config.get("model_type", "hgnet_v2") != "hgnet_v2":
         raise CheckpointError(
             f"backbone_config is a {backbone_config.get('model_type')!r} model; "
             "official D-FINE uses HGNetV2 ('hgnet_v2')"
         )
+    backbone = dict(_HGNET_DEFAULTS)
     backbone.update({k: v for k, v in backbone_config.items() if v is not None})
     if backbone_config.get("out_indices") is None and backbone_config.get("out_features"):
         stage_names = ["stem", "stage1", "stage2", "stage3", "stage4"]
-        try:
-            backbone["out_indices"] = [stage_names.index(n) for n in backbone_config["out_features"]]
-        except ValueError as exc:
-            raise CheckpointError(f"backbone_config.out_features: {exc}") from exc
-
-    activation = str(get("decoder_activation_function"))
-    if activation not in _ACTIVATION_TO_VARIANT:
-        raise CheckpointError(
-            f"decoder_activation_function {activation!r} is neither 'relu' (D-FINE) nor 'silu' (DEIM)"
-        )
-    variant = _ACTIVATION_TO_VARIANT[activation]
-
+        backbone["out_indices"] = [stage_names.index(n) for n in backbone_config["out_features"]]
     stages = tuple(
         StageSpec(
             in_channels=backbone["stage_in_channels"][i],
@@ -332,8 +305,7 @@ def hf_config_to_spec(config: Mapping[str, Any]) -> HFModelSpec:
     levels = int(get("num_feature_levels"))
     layers = int(get("decoder_layers"))
     eval_idx = int(get("eval_idx"))
-    hidden = int(get("encoder_hidden_dim"))
-    observed: dict[str, Any] = {
+    return {
         "backbone_config (HGNetv2)": _backbone_name(stem[1], stem[2], stages),
         "backbone_config.use_learnable_affine_block": bool(backbone["use_learnable_affine_block"]),
         "backbone_config.hidden_act": backbone["hidden_act"],
@@ -342,7 +314,7 @@ def hf_config_to_spec(config: Mapping[str, Any]) -> HFModelSpec:
         "backbone_config.out_indices": _as_tuple(backbone["out_indices"]),
         "encoder_in_channels": _as_tuple(get("encoder_in_channels")),
         "feat_strides": _as_tuple(get("feat_strides")),
-        "encoder_hidden_dim": hidden,
+        "encoder_hidden_dim": get("encoder_hidden_dim"),
         "encoder_ffn_dim": get("encoder_ffn_dim"),
         "encoder_attention_heads": get("encoder_attention_heads"),
         "encoder_layers": get("encoder_layers"),
@@ -373,6 +345,37 @@ def hf_config_to_spec(config: Mapping[str, Any]) -> HFModelSpec:
         "with_box_refine": get("with_box_refine"),
         "up": get("up"),
     }
+
+
+def hf_config_to_spec(config: Mapping[str, Any]) -> HFModelSpec:
+    """Match a transformers D-FINE ``config.json`` (as a dict) to an official preset.
+
+    The size is the preset whose backbone (HGNetv2 B0/B0/B2/B4/B5), encoder, decoder and
+    FDR hyper-parameters all agree; the variant follows ``decoder_activation_function``
+    (ReLU: D-FINE, SiLU: DEIM). ``reg_scale`` is not taken from the config: transformers
+    uses the value stored in the weights, which :func:`hf_state_dict_to_official` checks.
+    Fields missing from the file take transformers' defaults.
+
+    Raises:
+        CheckpointError: not a D-FINE config, or hyper-parameters of no official size.
+    """
+    model_type = config.get("model_type", "d_fine")
+    if model_type != "d_fine":
+        raise CheckpointError(f"config.json describes a {model_type!r} model, not D-FINE ('d_fine')")
+    if config.get("use_timm_backbone") or (config.get("backbone") and not config.get("backbone_config")):
+        raise CheckpointError("only transformers D-FINE models with an HGNetV2 backbone_config are supported")
+    activation = str(config.get("decoder_activation_function") or "relu")
+    if activation not in _ACTIVATION_TO_VARIANT:
+        raise CheckpointError(
+            f"decoder_activation_function {activation!r} is neither 'relu' (D-FINE) nor 'silu' (DEIM)"
+        )
+    variant = _ACTIVATION_TO_VARIANT[activation]
+    try:
+        observed = _observe_config(config)
+        num_denoising = int(config.get("num_denoising", _DFINE_DEFAULTS["num_denoising"]))
+        config_reg_scale = float(config.get("reg_scale") or _DFINE_DEFAULTS["reg_scale"])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"malformed transformers D-FINE config ({type(exc).__name__}: {exc})") from exc
     size = _match_preset(observed, variant)
     class_names = _class_names(config)
 
@@ -388,9 +391,9 @@ def hf_config_to_spec(config: Mapping[str, Any]) -> HFModelSpec:
             "embedding in eval mode, the official model (and dfine) keeps it"
         )
     reg_scale = preset(size).reg_scale
-    if not _same(float(get("reg_scale")), reg_scale):
+    if not _same(config_reg_scale, reg_scale):
         notes.append(
-            f"config.json says reg_scale {get('reg_scale')} but D-FINE-{size.upper()} uses "
+            f"config.json says reg_scale {config_reg_scale:g} but D-FINE-{size.upper()} uses "
             f"{reg_scale:g}; the value stored in the weights is used, as in transformers"
         )
     return HFModelSpec(
@@ -398,7 +401,7 @@ def hf_config_to_spec(config: Mapping[str, Any]) -> HFModelSpec:
         variant=variant,
         num_classes=len(class_names),
         class_names=class_names,
-        num_denoising=max(int(get("num_denoising")), 0),
+        num_denoising=max(num_denoising, 0),
         notes=tuple(notes),
     )
 
@@ -621,10 +624,14 @@ def is_model_derived_key(key: str) -> bool:
 # ---------------------------------------------------------------- weights without config
 
 
-def _shape(state: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
+def _tensor(state: Mapping[str, Tensor], key: str) -> Tensor:
     if key not in state:
         raise CheckpointError(f"cannot infer the model size: {key!r} is missing")
-    return tuple(state[key].shape)
+    return state[key]
+
+
+def _shape(state: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
+    return tuple(_tensor(state, key).shape)
 
 
 def _count(state: Mapping[str, Tensor], prefix: str) -> int:
@@ -651,16 +658,8 @@ def _points_per_level(scale: Tensor) -> tuple[int, ...]:
     return tuple(points)
 
 
-def spec_from_state_dict_shapes(state: Mapping[str, Tensor]) -> HFModelSpec:
-    """Infer the preset from tensor shapes when only the weights file is available.
-
-    The activation function is not visible in the weights: the variant is assumed to be
-    D-FINE (ReLU) and a note says so. Class names are unknown (empty).
-
-    Raises:
-        CheckpointError: shapes of no official size, or keys missing for the inference.
-    """
-    sd = _canonical_state(state)
+def _observe_shapes(sd: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The fields of :func:`_expected_fields` that tensor shapes reveal."""
     bb = "model.backbone.model."
     stages = []
     for i in range(_count(sd, f"{bb}encoder.stages.")):
@@ -687,10 +686,8 @@ def spec_from_state_dict_shapes(state: Mapping[str, Tensor]) -> HFModelSpec:
         _shape(sd, f"model.decoder_input_proj.{i}.0.weight")[1]
         for i in range(_count(sd, "model.decoder_input_proj."))
     ) or (d_model,) * levels
-    points = _points_per_level(sd["model.decoder.layers.0.encoder_attn.num_points_scale"]) if (
-        "model.decoder.layers.0.encoder_attn.num_points_scale" in sd
-    ) else ()
-    observed: dict[str, Any] = {
+    points = _points_per_level(_tensor(sd, "model.decoder.layers.0.encoder_attn.num_points_scale"))
+    return {
         "backbone_config (HGNetv2)": _backbone_name(
             _shape(sd, f"{bb}embedder.stem1.convolution.weight")[0],
             _shape(sd, f"{bb}embedder.stem4.convolution.weight")[0],
@@ -710,13 +707,29 @@ def spec_from_state_dict_shapes(state: Mapping[str, Tensor]) -> HFModelSpec:
         "d_model": d_model,
         "decoder_ffn_dim": _shape(sd, "model.decoder.layers.0.fc1.weight")[0],
         "decoder_layers": _count(sd, "model.decoder.layers."),
-        "num_feature_levels": len(points) or levels,
+        "num_feature_levels": len(points),
         "decoder_n_points": points,
         "decoder_in_channels": decoder_in,
         "max_num_bins": _shape(sd, "model.decoder.bbox_embed.0.layers.2.weight")[0] // 4 - 1,
         "lqe_hidden_dim": _shape(sd, "model.decoder.lqe_layers.0.reg_conf.layers.0.weight")[0],
         "top_prob_values": _shape(sd, "model.decoder.lqe_layers.0.reg_conf.layers.0.weight")[1] // 4 - 1,
     }
+
+
+def spec_from_state_dict_shapes(state: Mapping[str, Tensor]) -> HFModelSpec:
+    """Infer the preset from tensor shapes when only the weights file is available.
+
+    The activation function is not visible in the weights: the variant is assumed to be
+    D-FINE (ReLU) and a note says so. Class names are unknown (empty).
+
+    Raises:
+        CheckpointError: shapes of no official size, or keys missing for the inference.
+    """
+    sd = _canonical_state(state)
+    try:
+        observed = _observe_shapes(sd)
+    except (IndexError, ValueError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"cannot infer the model size from the weights ({exc})") from exc
     size = _match_preset(observed, "dfine")
     return HFModelSpec(
         size=size,

@@ -1,0 +1,109 @@
+"""The Python API: construction, prediction on paths and arrays, options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dfine_cli.detector import Detector, preprocess
+from dfine_cli.errors import DataError, HardwareError, UsageError
+from tests.conftest import write_jpeg
+from tests.helpers import tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    path = tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+    return Detector.from_checkpoint(path)
+
+
+def test_predict_paths_and_arrays(detector, tmp_path, rgb_image):
+    img = write_jpeg(tmp_path / "a.jpg", h=90, w=130)
+    results = detector.predict([img, rgb_image], conf=0.0, batch_size=2)
+    assert len(results) == 2
+    first, second = results
+    assert (first.width, first.height) == (130, 90)
+    assert (second.width, second.height) == (160, 120)
+    assert first.path == str(img) and second.path is None
+    for r in results:
+        assert len(r) == 300
+        assert (r.boxes[:, [0, 2]] >= 0).all() and (r.boxes[:, [0, 2]] <= r.width).all()
+        assert (r.boxes[:, [1, 3]] >= 0).all() and (r.boxes[:, [1, 3]] <= r.height).all()
+        assert np.all(np.diff(r.scores) <= 0)
+        assert set(r.names) <= {"thing0", "thing1", "thing2"}
+        assert set(r.category_ids) <= {3, 7, 42}
+
+
+def test_conf_and_max_det_filter(detector, rgb_image):
+    full = detector.predict(rgb_image, conf=0.0)[0]
+    thresh = float(full.scores[10])
+    kept = detector.predict(rgb_image, conf=thresh)[0]
+    assert len(kept) == int((full.scores >= thresh).sum())
+    assert len(detector.predict(rgb_image, conf=0.0, max_det=5)[0]) == 5
+
+
+def test_bgr_channels_flag(detector, rgb_image):
+    rgb = detector.predict(rgb_image, conf=0.0)[0]
+    bgr = detector.predict(np.ascontiguousarray(rgb_image[..., ::-1]), conf=0.0, channels="bgr")[0]
+    np.testing.assert_allclose(rgb.scores, bgr.scores, atol=1e-6)
+
+
+def test_to_dict_record(detector, rgb_image):
+    record = detector.predict(rgb_image, conf=0.0, max_det=2)[0].to_dict()
+    assert set(record) == {"path", "width", "height", "detections"}
+    assert set(record["detections"][0]) == {"label", "category_id", "name", "score", "box"}
+
+
+def test_batch_equals_single(detector, rgb_image):
+    other = np.ascontiguousarray(rgb_image[::-1])
+    batched = detector.predict([rgb_image, other], conf=0.0, batch_size=2)
+    single = [detector.predict(im, conf=0.0)[0] for im in (rgb_image, other)]
+    for a, b in zip(batched, single):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_bad_inputs(detector, tmp_path):
+    corrupt = tmp_path / "bad.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(DataError, match="cannot decode"):
+        detector.predict(corrupt)
+    with pytest.raises(DataError, match="not found"):
+        detector.predict(tmp_path / "missing.jpg")
+    with pytest.raises(UsageError):
+        detector.predict(np.zeros((10, 10), dtype=np.uint8))
+
+
+def test_preprocess_shapes_and_range(rgb_image):
+    batch = preprocess([rgb_image], (64, 96))
+    assert batch.shape == (1, 3, 64, 96) and batch.dtype == np.float32
+    assert 0.0 <= batch.min() and batch.max() <= 1.0
+
+
+def test_from_preset_rejects_bad_values():
+    with pytest.raises(UsageError):
+        Detector.from_preset("q")
+    with pytest.raises(UsageError):
+        Detector.from_preset("n", num_classes=2, img_size=100)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_a_hardware_error():
+    with pytest.raises(HardwareError, match="no CUDA GPU"):
+        Detector.from_preset("n", num_classes=2, device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(rgb_image):
+    cpu = Detector.from_preset("n", num_classes=3, img_size=320, seed=1)
+    gpu = Detector.from_preset("n", num_classes=3, img_size=320, seed=1, device="cuda")
+    a = cpu.predict(rgb_image, conf=0.0)[0]
+    b = gpu.predict(rgb_image, conf=0.0)[0]
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_any_input_size_multiple_of_32(rgb_image):
+    det = Detector.from_preset("n", num_classes=2, img_size=(256, 384))
+    out = det.predict(rgb_image, conf=0.0)[0]
+    assert len(out) == 300
