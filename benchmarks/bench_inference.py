@@ -13,6 +13,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,11 @@ def measure(fn: Callable[[], object], warmup: int, iters: int) -> dict[str, floa
         "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
         "min_ms": times[0],
     }
+
+
+def run_torch(module: torch.nn.Module, images: torch.Tensor, sizes: torch.Tensor) -> object:
+    with torch.inference_mode():
+        return module(images, sizes)
 
 
 def main() -> None:
@@ -60,11 +66,7 @@ def main() -> None:
         images = torch.rand(1, 3, *hw)
         sizes = torch.tensor([[hw[1], hw[0]]])
 
-        def run_torch() -> object:
-            with torch.inference_mode():
-                return module(images, sizes)
-
-        t = measure(run_torch, args.warmup, args.iters)
+        t = measure(partial(run_torch, module, images, sizes), args.warmup, args.iters)
         print(f"{size}\ttorch{'(fused)' if args.fuse else ''}\tmedian {t['median_ms']:.1f} ms"
               f"\tp90 {t['p90_ms']:.1f}\tmin {t['min_ms']:.1f}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +78,7 @@ def main() -> None:
             opts.inter_op_num_threads = 1
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             feed = {"images": images.numpy(), "orig_target_sizes": sizes.numpy().astype(np.int64)}
-            o = measure(lambda: session.run(None, feed), args.warmup, args.iters)
+            o = measure(partial(session.run, None, feed), args.warmup, args.iters)
         print(f"{size}\tonnxruntime\tmedian {o['median_ms']:.1f} ms\tp90 {o['p90_ms']:.1f}"
               f"\tmin {o['min_ms']:.1f}", flush=True)
 

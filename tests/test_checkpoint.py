@@ -6,11 +6,11 @@ import os
 
 import pytest
 import torch
+from tests.helpers import tiny_checkpoint
 
 from dfine_cli.checkpoint import read_checkpoint, save_checkpoint
 from dfine_cli.detector import Detector
 from dfine_cli.errors import CheckpointError
-from tests.helpers import tiny_checkpoint
 
 
 def test_own_format_round_trip_keeps_metadata(tmp_path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests.conftest import write_jpeg
+from tests.helpers import tiny_checkpoint
 
 from dfine_cli.detector import Detector, preprocess
 from dfine_cli.errors import DataError, HardwareError, UsageError
-from tests.conftest import write_jpeg
-from tests.helpers import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_bad_inputs(detector, tmp_path):
 def test_preprocess_shapes_and_range(rgb_image):
     batch = preprocess([rgb_image], (64, 96))
     assert batch.shape == (1, 3, 64, 96) and batch.dtype == np.float32
-    assert 0.0 <= batch.min() and batch.max() <= 1.0
+    assert batch.min() >= 0.0 and batch.max() <= 1.0
 
 
 def test_from_preset_rejects_bad_values():

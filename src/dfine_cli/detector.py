@@ -237,7 +237,8 @@ class Detector:
         results: list[Detections] = []
         for start in range(0, len(items), max(1, batch_size)):
             chunk = items[start : start + max(1, batch_size)]
-            arrays, paths = [], []
+            arrays: list[np.ndarray] = []
+            paths: list[str | None] = []
             for item in chunk:
                 if isinstance(item, np.ndarray):
                     arr = _check_array(item)

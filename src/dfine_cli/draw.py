@@ -27,7 +27,7 @@ def draw_detections(image_rgb: np.ndarray, det: Detections) -> np.ndarray:
     scale = max(0.35, min(canvas.shape[:2]) / 1000)
     for box, score, label, name in zip(det.boxes, det.scores, det.labels, det.names):
         color = class_color(int(label))
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
         text = f"{name} {score:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)

@@ -21,6 +21,8 @@ code   meaning
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -87,7 +89,7 @@ class TrainingError(DfineError):
     category = "training stopped"
 
 
-def require(module: str, extra: str) -> object:
+def require(module: str, extra: str) -> Any:
     """Import an optional dependency or raise :class:`DependencyError` naming the extra."""
     import importlib
 

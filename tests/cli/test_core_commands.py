@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tests.conftest import write_jpeg
 from tests.helpers import tiny_checkpoint
 

@@ -10,11 +10,11 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from dfine_cli.checkpoint import read_checkpoint  # noqa: E402
-from dfine_cli.detector import Detector  # noqa: E402
-from dfine_cli.errors import ExportError  # noqa: E402
-from dfine_cli.export.compare import compare_detections  # noqa: E402
-from dfine_cli.export.onnx import check_inputs, export_onnx, onnx_summary  # noqa: E402
+from dfine_cli.checkpoint import read_checkpoint
+from dfine_cli.detector import Detector
+from dfine_cli.errors import ExportError
+from dfine_cli.export.compare import compare_detections
+from dfine_cli.export.onnx import check_inputs, export_onnx, onnx_summary
 
 
 def _ort_run(path, images, sizes):

@@ -184,10 +184,8 @@ def track(items: Sequence[T] | Iterable[T], description: str, total: int | None 
                 progress.advance(task)
         return
     step = max(1, (total or 10) // 10)
-    done = 0
-    for item in items:
+    for done, item in enumerate(items, start=1):
         yield item
-        done += 1
         if done % step == 0 or (total is not None and done == total):
             suffix = f"/{total}" if total is not None else ""
             sys.stderr.write(f"{description}: {done}{suffix}\n")

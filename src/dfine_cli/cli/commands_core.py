@@ -65,7 +65,7 @@ def predict(
                             output, json_out, names, variant, threads, save)
 
 
-def _predict(weights, source, backend, device, conf, img_size, batch_size, output, json_out,  # noqa: ANN001, PLR0913
+def _predict(weights, source, backend, device, conf, img_size, batch_size, output, json_out,
              names, variant, threads, save) -> None:
     import torch
 
@@ -116,7 +116,7 @@ def export(
                            check, variant, json_out)
 
 
-def _export(checkpoint, format, output, img_size, opset, dynamic_batch, simplify, check,  # noqa: ANN001, A002
+def _export(checkpoint, format, output, img_size, opset, dynamic_batch, simplify, check,
             variant, json_out) -> None:
     from dfine_cli.checkpoint import load_weights, read_checkpoint
     from dfine_cli.detector import check_img_size
@@ -147,7 +147,7 @@ def info(
     handle_errors(_info)(checkpoint, variant, json_out)
 
 
-def _info(checkpoint, variant, json_out) -> None:  # noqa: ANN001
+def _info(checkpoint, variant, json_out) -> None:
     if Path(checkpoint).suffix.lower() == ".onnx":
         from dfine_cli.export.onnx import onnx_summary
 
@@ -160,7 +160,7 @@ def _info(checkpoint, variant, json_out) -> None:  # noqa: ANN001
             print_json({"command": "info", "format": "onnx", **summary})
         else:
             for kind in ("inputs", "outputs"):
-                for v in summary[kind]:  # type: ignore[union-attr]
+                for v in summary[kind]:  # type: ignore[attr-defined]
                     typer.echo(f"{kind[:-1]}\t{v['name']}\t{v['dtype']}\t{v['shape']}")
             typer.echo(f"opset\t{summary['opset']}")
         return
@@ -207,7 +207,7 @@ def weights_convert(
     handle_errors(_weights_convert)(src, dst, variant, names, img_size, json_out)
 
 
-def _weights_convert(src, dst, variant, names, img_size, json_out) -> None:  # noqa: ANN001
+def _weights_convert(src, dst, variant, names, img_size, json_out) -> None:
     from dfine_cli.checkpoint import load_weights, read_checkpoint, save_checkpoint
     from dfine_cli.detector import check_img_size
     from dfine_cli.models.build import build_model_from_config

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,10 +40,6 @@ def _peak_rss_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
     return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
 
 
 def _print_pairs(title: str, pairs: dict[str, Any]) -> None:
@@ -83,7 +79,7 @@ def remap_obj365(
     from dfine_cli.data.obj365 import remap_obj365 as run
 
     summary = run(base_dir, new_val_size=new_val_size, copy_images=copy_images, track=track)
-    payload = {**_as_dict(summary), "peak_rss_mb": _peak_rss_mb()}
+    payload = {**asdict(summary), "peak_rss_mb": _peak_rss_mb()}
     if json_output:
         print_json({"command": "data remap-obj365", **payload})
     else:
@@ -135,7 +131,7 @@ def resize_obj365(
             {
                 "command": "data resize-obj365",
                 "ok": not failed,
-                "splits": [_as_dict(s) for s in summaries],
+                "splits": [asdict(s) for s in summaries],
             }
         )
     else:
@@ -213,7 +209,7 @@ def convert(
         kwargs["split"] = split
     summary = converter(source, out, **kwargs)
     if json_output:
-        print_json({"command": "data convert", **_as_dict(summary)})
+        print_json({"command": "data convert", **asdict(summary)})
         return
     _print_pairs(
         f"convert {source_format.value} → COCO",
@@ -294,17 +290,17 @@ def validate(
                 "splits": [
                     {
                         "split": name,
-                        **{k: v for k, v in _as_dict(r).items() if k != "issues"},
+                        **{k: v for k, v in asdict(r).items() if k != "issues"},
                         "errors": r.errors,
                         "warnings": r.warnings,
-                        "issues": [{**_as_dict(i), "description": i.description} for i in r.issues],
+                        "issues": [{**asdict(i), "description": i.description} for i in r.issues],
                     }
                     for name, r in reports
                 ],
             }
         )
     else:
-        rows = []
+        rows: list[list[Any]] = []
         for name, r in reports:
             rows.append(
                 [
@@ -353,7 +349,7 @@ def stats(
     results = [(name, split_stats(s)) for name, s in _splits(data, split, images)]
     if json_output:
         print_json(
-            {"command": "data stats", "splits": [{"split": n, **_as_dict(s)} for n, s in results]}
+            {"command": "data stats", "splits": [{"split": n, **asdict(s)} for n, s in results]}
         )
         return
     for name, s in results:
@@ -415,11 +411,11 @@ def synth(
         out, num_images=images, num_classes=classes, seed=seed, img_size=img_size
     )
     payload = {
-        **_as_dict(summary),
+        **asdict(summary),
         "train_annotations": summary.annotations("train"),
         "val_annotations": summary.annotations("val"),
     }
     if json_output:
         print_json({"command": "data synth", **payload})
     else:
-        _print_pairs("synth", payload)
+        _print_pairs("synth", {**payload, "class_names": ", ".join(summary.class_names)})

@@ -25,7 +25,7 @@ def demo(
     handle_errors(_demo)(output, model, conf, max_det, seed, json_out)
 
 
-def _demo(output, model, conf, max_det, seed, json_out) -> None:  # noqa: ANN001
+def _demo(output, model, conf, max_det, seed, json_out) -> None:
     from dfine_cli.demo import run_demo
     from dfine_cli.fileio import next_run_dir
 

@@ -120,7 +120,8 @@ def _write_coco(
         reasons = "; ".join(f"{r}: {n}" for r, n in report.skipped.items()) or "no images found"
         raise DataError(f"nothing to convert ({reasons})")
     images = sorted(images, key=lambda im: im.path.relative_to(images_dir).as_posix())
-    coco_images, coco_annotations = [], []
+    coco_images: list[dict[str, Any]] = []
+    coco_annotations: list[dict[str, Any]] = []
     for image_id, image in enumerate(images, start=1):
         coco_images.append(
             {

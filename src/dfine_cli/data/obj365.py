@@ -586,7 +586,7 @@ def _update_annotation(
             f"{source}: annotation {annotation.get('id')} has no valid xywh 'bbox': {bbox!r}"
         )
     updated = dict(annotation)
-    segmentation = annotation.get("segmentation")
+    segmentation: Any = annotation.get("segmentation")
     polygons = isinstance(segmentation, list) and all(isinstance(p, list) for p in segmentation)
     if outcome.orientation != 1 and not outcome.boxes_upright:
         args = (outcome.orientation, outcome.stored_width, outcome.stored_height)

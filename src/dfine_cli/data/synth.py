@@ -171,7 +171,7 @@ def make_synthetic_dataset(
         "train": range(0, num_images - num_val),
         "val": range(num_images - num_val, num_images),
     }
-    categories = [
+    categories: list[dict[str, Any]] = [
         {"id": k + 1, "name": SHAPE_KINDS[k].name, "supercategory": "shape"}
         for k in range(num_classes)
     ]

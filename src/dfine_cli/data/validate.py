@@ -235,7 +235,8 @@ def validate_coco(
         if image_id in file_of:
             found.add("duplicate_image_id", f"image id {image_id}")
             continue
-        width, height = image.get("width"), image.get("height")
+        width: Any = image.get("width")
+        height: Any = image.get("height")
         if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
             found.add(
                 "bad_image_entry",
@@ -290,7 +291,7 @@ def validate_coco(
             used_categories[annotation["category_id"]] += 1
         if annotation["image_id"] not in sizes:
             found.add("unknown_image_id", label)
-        bbox = annotation.get("bbox")
+        bbox: Any = annotation.get("bbox")
         if not _valid_bbox(bbox):
             found.add("bad_annotation", f"{label}: bbox {bbox!r}")
             continue

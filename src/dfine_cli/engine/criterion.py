@@ -24,6 +24,15 @@ Supervision, as in the official code (``use_union_set``, D-FINE always, DEIM by 
   non-denoising queries (as the official code does).
 
 Nothing is cached between calls.
+
+Where this differs from the official code (none of it changes the official N-size losses):
+
+* the GO-LSD union breaks vote ties by the lower target index (officially: an unstable sort);
+* FGL targets are computed for each head's own box matching; officially they are computed once
+  per call and reused, which is only equivalent while every head shares the union matching;
+* a class-agnostic encoder head (one logit) is matched and supervised with every target as
+  class 0; officially only its loss sees class 0, and its matching would fail;
+* matching costs and all losses are computed in at least float32, whatever the predictions' dtype.
 """
 
 from __future__ import annotations

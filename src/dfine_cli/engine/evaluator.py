@@ -437,7 +437,7 @@ class CocoEvaluator:
         unknown = [i for i in ids if i not in self._gt_image_ids]
         if unknown:
             raise DataError(f"image id {unknown[0]} is not in the ground-truth annotation file")
-        detections = list(_coco_detections(self._detections, ids))
+        detections = _coco_detections(self._detections, ids)
         stats, precision, cat_ids, rec_thrs, iou_thrs = _run_cocoeval(
             self._gt, detections, ids, self.backend
         )
@@ -553,24 +553,33 @@ def _max_f1_point(precision: np.ndarray, recall: np.ndarray) -> tuple[float, flo
 
 def _coco_detections(
     detections: Mapping[int, np.ndarray], image_ids: Sequence[int]
-) -> Iterator[dict[str, Any]]:
+) -> list[dict[str, Any]]:
     """COCO result annotations (what ``COCO.loadRes`` would build) for ``image_ids``."""
-    ann_id = 0
+    annotations: list[dict[str, Any]] = []
     for image_id in image_ids:
         rows = detections.get(image_id)
-        if rows is None:
+        if rows is None or not len(rows):
             continue
-        for x, y, w, h, score, category_id in rows.tolist():
-            ann_id += 1
-            yield {
-                "id": ann_id,
+        boxes = rows[:, :4].tolist()
+        areas = (rows[:, 2] * rows[:, 3]).tolist()
+        scores = rows[:, 4].tolist()
+        categories = rows[:, 5].astype(np.int64).tolist()
+        first_id = len(annotations) + 1
+        annotations.extend(
+            {
+                "id": first_id + i,
                 "image_id": image_id,
-                "category_id": int(category_id),
-                "bbox": [x, y, w, h],
+                "category_id": category,
+                "bbox": box,
                 "score": score,
-                "area": w * h,
+                "area": area,
                 "iscrowd": 0,
             }
+            for i, (box, score, area, category) in enumerate(
+                zip(boxes, scores, areas, categories, strict=True)
+            )
+        )
+    return annotations
 
 
 def _import_backend(module: str, package: str) -> Any:

@@ -76,9 +76,10 @@ def box_to_distance(ref_points: Tensor, boxes_xyxy: Tensor, reg_scale: Tensor) -
         Tensor[..., 4]: offsets (left, top, right, bottom); 0 puts the edge at ``c / 2`` units of
         ``w / c`` (i.e. half the reference size) from the centre.
     """
+    ref_points = _at_least_float32(ref_points)
     c = reg_scale.reshape(-1)[0].abs().to(ref_points.dtype)
     cx, cy, w, h = ref_points.unbind(-1)
-    x1, y1, x2, y2 = boxes_xyxy.unbind(-1)
+    x1, y1, x2, y2 = boxes_xyxy.to(ref_points.dtype).unbind(-1)
     unit_w = w / c + 1e-16
     unit_h = h / c + 1e-16
     half = 0.5 * c

@@ -153,7 +153,7 @@ def _fused(model: DFINE) -> DFINE:
     return copy.deepcopy(model).cpu().float().eval().fuse()
 
 
-def _simplify(proto):  # noqa: ANN001, ANN202 - onnx protobuf types
+def _simplify(proto):
     slim = require("onnxslim", "onnx")
     try:
         return slim.slim(proto)  # type: ignore[attr-defined]
@@ -161,7 +161,7 @@ def _simplify(proto):  # noqa: ANN001, ANN202 - onnx protobuf types
         raise ExportError(f"onnxslim failed: {str(exc).splitlines()[0][:200]}") from exc
 
 
-def _add_metadata(proto, info: ModelInfo, img_size: tuple[int, int]) -> None:  # noqa: ANN001
+def _add_metadata(proto, info: ModelInfo, img_size: tuple[int, int]) -> None:
     entries = {
         "producer": f"dfine {__version__}",
         "model": f"dfine-{info.config.name}",
@@ -182,7 +182,7 @@ def onnx_summary(path: Path) -> dict[str, object]:
     onnx = require("onnx", "onnx")
     proto = onnx.load(str(path), load_external_data=False)
 
-    def describe(values) -> list[dict[str, object]]:  # noqa: ANN001
+    def describe(values) -> list[dict[str, object]]:
         out = []
         for v in values:
             t = v.type.tensor_type

@@ -6,6 +6,8 @@ State-dict layout follows the official checkpoints (``decoder.*`` keys of a D-FI
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -76,8 +78,8 @@ class LocalizationQuality(nn.Module):
         self.k = k
         self.reg_max = reg_max
         self.reg_conf = MLP(4 * (k + 1), hidden_dim, 1, 2, activation)
-        nn.init.zeros_(self.reg_conf.layers[-1].weight)
-        nn.init.zeros_(self.reg_conf.layers[-1].bias)
+        nn.init.zeros_(self.reg_conf.last.weight)
+        nn.init.zeros_(self.reg_conf.last.bias)
 
     def forward(self, logits: Tensor, corners: Tensor) -> Tensor:
         b, q, _ = corners.shape
@@ -131,6 +133,9 @@ class DFineDecoder(nn.Module):
         points_per_level: deformable sampling points per feature level.
         reg_max / reg_scale / up: FDR bins and weighting-function hyper-parameters.
     """
+
+    up: Tensor
+    reg_scale: Tensor
 
     def __init__(
         self,
@@ -205,13 +210,15 @@ class DFineDecoder(nn.Module):
         bias = prior_logit(0.01)
         nn.init.constant_(self.enc_score_head.bias, bias)
         for head in (self.enc_bbox_head, self.pre_bbox_head, *self.dec_bbox_head):
-            nn.init.zeros_(head.layers[-1].weight)
-            nn.init.zeros_(head.layers[-1].bias)
+            assert isinstance(head, MLP)
+            nn.init.zeros_(head.last.weight)
+            nn.init.zeros_(head.last.bias)
         for cls_head in self.dec_score_head:
+            assert isinstance(cls_head, nn.Linear)
             nn.init.constant_(cls_head.bias, bias)
-        nn.init.xavier_uniform_(self.enc_output.proj.weight)
-        nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
-        nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+        nn.init.xavier_uniform_(cast(nn.Linear, self.enc_output[0]).weight)
+        nn.init.xavier_uniform_(self.query_pos_head.linear(0).weight)
+        nn.init.xavier_uniform_(self.query_pos_head.linear(1).weight)
 
     def reset_class_heads(self, num_classes: int) -> list[str]:
         """Re-initialise every class-dependent tensor for ``num_classes`` classes.
@@ -232,6 +239,7 @@ class DFineDecoder(nn.Module):
         bias = prior_logit(0.01)
         nn.init.constant_(self.enc_score_head.bias, bias)
         for cls_head in self.dec_score_head:
+            assert isinstance(cls_head, nn.Linear)
             nn.init.constant_(cls_head.bias, bias)
         return ["enc_score_head", "dec_score_head", "denoising_class_embed"]
 

@@ -8,6 +8,7 @@ Sampling is bilinear with zero padding (``grid_sample``, ``align_corners=False``
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,7 @@ class MSDeformableAttention(nn.Module):
         offsets = self.sampling_offsets(query).reshape(b, q, self.heads, self.total_points, 2)
         weights = self.attention_weights(query).reshape(b, q, self.heads, self.total_points)
         weights = weights.softmax(-1)
-        scale = self.num_points_scale.to(query.dtype).unsqueeze(-1)
+        scale = cast(Tensor, self.num_points_scale).to(query.dtype).unsqueeze(-1)
         offsets = offsets * scale * reference[:, :, None, :, 2:] * self.offset_scale
         locations = reference[:, :, None, :, :2] + offsets
         return deformable_sample(values, spatial_shapes, locations, weights, self.points_per_level)

@@ -6,6 +6,8 @@ State-dict layout follows the official checkpoints (``input_proj``, ``encoder.{i
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -94,7 +96,7 @@ class RepVGGBlock(nn.Module):
         k1 = fuse_conv_bn(self.conv2.conv, self.conv2.norm)
         with torch.no_grad():
             k3.weight.add_(F.pad(k1.weight, [1, 1, 1, 1]))
-            k3.bias.add_(k1.bias)
+            cast(Tensor, k3.bias).add_(cast(Tensor, k1.bias))
         self.fused = k3
         del self.conv1
         del self.conv2
@@ -123,7 +125,7 @@ class RepNCSPELAN4(nn.Module):
         activation: str = "silu",
     ) -> None:
         super().__init__()
-        self.half = split_ch // 2
+        self.split = split_ch // 2
         self.cv1 = ConvNorm(in_ch, split_ch, 1, activation=activation)
         self.cv2 = nn.Sequential(
             CSPLayer(split_ch // 2, branch_ch, num_blocks, activation),
@@ -136,7 +138,7 @@ class RepNCSPELAN4(nn.Module):
         self.cv4 = ConvNorm(split_ch + 2 * branch_ch, out_ch, 1, activation=activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        a, b = self.cv1(x).split((self.half, self.half), dim=1)
+        a, b = self.cv1(x).split((self.split, self.split), dim=1)
         c = self.cv2(b)
         d = self.cv3(c)
         return self.cv4(torch.cat([a, b, c, d], dim=1))

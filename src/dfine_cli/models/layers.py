@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,6 +35,18 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.act = make_activation(activation)
 
+    @property
+    def last(self) -> nn.Linear:
+        """The output layer (zero-initialised by several heads)."""
+        layer = self.layers[-1]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
+    def linear(self, index: int) -> nn.Linear:
+        layer = self.layers[index]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
     def forward(self, x: Tensor) -> Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -48,8 +62,11 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     ``y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta`` becomes one conv with
     ``W' = W * gamma / std`` and ``b' = beta + (b - mean) * gamma / std``.
     """
-    std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
+    gamma = cast(Tensor, bn.weight)
+    beta = cast(Tensor, bn.bias)
+    mean = cast(Tensor, bn.running_mean)
+    var = cast(Tensor, bn.running_var)
+    scale = gamma / (var + float(cast(float, bn.eps))).sqrt()
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
@@ -61,10 +78,10 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
         bias=True,
         padding_mode=conv.padding_mode,
     ).to(conv.weight.device, conv.weight.dtype)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
+        cast(Tensor, fused.bias).copy_(beta + (bias - mean) * scale)
     return fused
 
 
