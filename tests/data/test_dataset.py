@@ -124,12 +124,14 @@ def test_transforms_receive_the_dataset_and_the_epoch(dataset_files: tuple[Path,
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
     assert ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
 
-    calls = []
-    plain = CocoDetectionDataset(
-        *dataset_files, transforms=lambda im, tg: calls.append(1) or (im, tg)
-    )
-    plain[0]
-    assert calls == [1]
+    seen = []
+
+    def plain_callable(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        seen.append(int(target["idx"]))
+        return image, target
+
+    CocoDetectionDataset(*dataset_files, transforms=plain_callable)[2]
+    assert seen == [2]
 
 
 def test_missing_image_raises_data_error_naming_the_file(dataset_files: tuple[Path, Path]) -> None:

@@ -627,20 +627,22 @@ def test_remap_killed_and_rerun_equals_uninterrupted(
     shutil.copytree(pristine, resumed)
     copied_dir = resumed / "train" / "images_from_val"
 
+    def copied() -> list[Path]:  # finished copies (temporary files start with a dot)
+        return [p for p in copied_dir.rglob("*.jpg") if not p.name.startswith(".")]
+
     def ready() -> bool:
         if phase == "writing json":
             temps = list((resumed / "train").glob(".new_zhiyuan_objv2_train.json.*.tmp*"))
             return any(t.exists() and t.stat().st_size > 100_000 for t in temps)
-        return copied_dir.is_dir() and sum(1 for _ in copied_dir.rglob("*.jpg")) >= 3
+        return len(copied()) >= 3
 
     _kill_when(_cli(*REMAP_ARGS, "--base-dir", str(resumed)), ready)
     # Nothing half-written in place: outputs are absent or complete.
     assert not (resumed / "train" / "new_zhiyuan_objv2_train.json").exists()
-    copied = list(copied_dir.rglob("*.jpg")) if copied_dir.is_dir() else []
-    for path in copied:
+    for path in copied():
         assert path.read_bytes() == (reference / path.relative_to(resumed)).read_bytes()
     if phase == "copying images":
-        assert len(copied) < 40
+        assert len(copied()) < 40
     _run(_cli(*REMAP_ARGS, "--base-dir", str(resumed)))
     _assert_same_outputs(reference, resumed)
 

@@ -449,7 +449,7 @@ def test_denoising_with_a_tiny_model() -> None:
     model = build_model(
         "n",
         num_classes=NUM_CLASSES,
-        num_denoising=20,
+        num_denoising=100,
         num_queries=30,
         encoder_hidden_dim=32,
         encoder_ffn_dim=64,

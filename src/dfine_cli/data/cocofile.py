@@ -37,6 +37,7 @@ from dfine_cli.errors import DataError, UsageError
 SPLITS = ("train", "val", "test")
 BIG_ARRAYS = frozenset({"images", "annotations"})
 
+_WHITESPACE = " \t\n\r"
 _NON_WHITESPACE = re.compile(r"[^ \t\n\r]")
 _CHUNK_CHARS = 1 << 20
 
@@ -106,7 +107,7 @@ class _Scanner:
         self._pos = 0
         self._dropped = 0  # characters discarded before the start of _buf
         self._eof = False
-        self._decoder = json.JSONDecoder()
+        self._scan = json.JSONDecoder().scan_once
 
     def _error(self, message: str, pos: int | None = None) -> DataError:
         where = self._dropped + (self._pos if pos is None else pos)
@@ -132,6 +133,15 @@ class _Scanner:
 
     def peek(self) -> str:
         """The next non-whitespace character, without consuming it ('' at end of file)."""
+        # Fast path for compact JSON (json.dump's ", " separators): at most one space to skip.
+        buf, pos = self._buf, self._pos
+        if pos + 1 < len(buf):
+            char = buf[pos]
+            if char not in _WHITESPACE:
+                return char
+            if char == " " and buf[pos + 1] not in _WHITESPACE:
+                self._pos = pos + 1
+                return buf[pos + 1]
         while True:
             match = _NON_WHITESPACE.search(self._buf, self._pos)
             if match is not None:
@@ -157,12 +167,15 @@ class _Scanner:
         grow = self._chunk
         while True:
             try:
-                obj, end = self._decoder.raw_decode(self._buf, self._pos)
-            except json.JSONDecodeError as exc:
+                # scan_once is what JSONDecoder.raw_decode calls, without its extra frame.
+                obj, end = self._scan(self._buf, self._pos)
+            except (StopIteration, json.JSONDecodeError) as exc:
                 # Possibly only cut off by the end of the buffer: read more and retry.
                 if self._fill(grow):
                     grow *= 2
                     continue
+                if isinstance(exc, StopIteration):
+                    raise self._error("Expecting value", exc.value) from None
                 raise self._error(exc.msg, exc.pos) from exc
             # A number or literal touching the end of the buffer may continue in the next chunk.
             if end == len(self._buf) and self._fill(grow):

@@ -74,7 +74,8 @@ class AugmentConfig:
         policy_epochs: ``(stop,)`` (D-FINE) or ``(start, mid, stop)`` (DEIM), see module doc.
         policy_ops: ops switched by the policy; other configured ops are always on.
         mosaic: Mosaic parameters, ``None`` for no Mosaic (D-FINE).
-        mosaic_prob: per-sample Mosaic probability in DEIM's mosaic stage.
+        mosaic_prob: probability that a sample gets a Mosaic while Mosaic is on (DEIM:
+            ``[start, mid)``); such a sample skips ZoomOut and IoUCrop.
         mixup_prob, mixup_epochs: batch mixup probability and ``[first, end)`` epochs.
         base_size, base_size_repeat: multi-scale sizes (:func:`generate_scales`);
             ``base_size_repeat=None`` disables multi-scale (as the official N configs do).
