@@ -61,7 +61,6 @@ def setup_logging(verbose: bool = False) -> None:
     logger = logging.getLogger("dfine")
     logger.handlers.clear()
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False
     handler: logging.Handler
     if stderr_is_tty():
         from rich.logging import RichHandler
@@ -69,11 +68,23 @@ def setup_logging(verbose: bool = False) -> None:
         handler = RichHandler(console=err_console(), show_path=False, show_time=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderrHandler()
         rank = os.environ.get("RANK")
         prefix = f"[rank {rank}] " if (verbose and rank is not None) else ""
         handler.setFormatter(logging.Formatter(f"{prefix}%(levelname)s %(message)s"))
     logger.addHandler(handler)
+
+
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (it may be replaced, e.g. in tests)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 def fail(message: str, code: int) -> typer.Exit:
