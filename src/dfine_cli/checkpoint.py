@@ -211,6 +211,11 @@ def _read_transformers(path: Path, variant: str | None) -> LoadedCheckpoint:
     official = hf_convert.hf_state_dict_to_official(state, spec)
     chosen = variant or spec.variant
     cfg = infer_config(official, variant=chosen)
+    if variant is None and spec.variant == "deim":
+        # transformers' SiLU option changes the decoder layers only; its heads stay ReLU.
+        cfg = cfg.replace(mlp_activation="relu")
+    for note in spec.notes:
+        log.warning("%s: %s", path, note)
     names, ids = ModelInfo.default_names(cfg.num_classes)
     if spec.class_names and len(spec.class_names) == cfg.num_classes:
         names = list(spec.class_names)
@@ -243,6 +248,10 @@ def infer_config(state: dict[str, Tensor], variant: str = "dfine") -> ModelConfi
     num_layers = len({k.split(".")[2] for k in state if k.startswith("decoder.dec_score_head.")})
     cfg = preset(size, num_classes=num_classes, variant=variant)
     overrides: dict[str, Any] = {}
+    # Frozen BatchNorm (official D-FINE L/X) has no `num_batches_tracked`; DEIM's L/X do.
+    frozen = "backbone.stem.stem1.bn.num_batches_tracked" not in state
+    if frozen != cfg.freeze_norm:
+        overrides.update(freeze_norm=frozen, freeze_stem=frozen)
     if num_layers and num_layers != cfg.num_layers:
         overrides["num_layers"] = num_layers
     if "decoder.reg_scale" in state:
@@ -259,6 +268,12 @@ def load_weights(model: torch.nn.Module, state: dict[str, Tensor], *, source: st
     """Strictly load ``state`` (official layout) into ``model``; one-line errors on mismatch."""
     own = model.state_dict()
     clean = {k: v for k, v in state.items() if not is_derived_key(k)}
+    dn_key = "decoder.denoising_class_embed.weight"
+    if dn_key in own and dn_key not in clean:
+        # Checkpoints trained without denoising lack this training-only table: keep ours.
+        log.info("%s has no denoising embedding (unused at inference); keeping a fresh one",
+                 source or "checkpoint")
+        clean[dn_key] = own[dn_key]
     missing = [k for k in own if k not in clean]
     unexpected = [k for k in clean if k not in own]
     mismatched = [

@@ -90,9 +90,19 @@ def _load_backend(path: Path, backend: str, device: str | None, threads: int | N
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device and device.startswith("cuda") else None
         return OnnxRuntimeBackend(path, threads=threads, providers=providers)
     if backend == "openvino":
-        raise DependencyError("the OpenVINO backend is not available in this version of dfine")
+        from dfine_cli.backends.openvino_backend import OpenVINOBackend
+
+        # fp32 here: predict/eval give the model's own numbers; bf16 is a bench choice.
+        return OpenVINOBackend(path, threads=threads, precision="fp32", device=device)
     if backend == "tensorrt":
-        raise DependencyError("the TensorRT backend is not available in this version of dfine")
+        from dfine_cli.backends.tensorrt_backend import TensorRTBackend
+
+        if path.suffix.lower() == ".onnx":
+            raise UsageError(
+                f"--backend tensorrt runs a built engine; build one from {path.name} with "
+                "'dfine export ... --format engine'"
+            )
+        return TensorRTBackend(path, device=device)
     raise UsageError(f"unsupported backend {backend!r}")
 
 

@@ -310,3 +310,12 @@ def test_counters_of_an_unfrozen_hf_backbone_are_kept() -> None:
     model.state_dict()[counter].fill_(7)
     official = hf_state_dict_to_official(model.state_dict(), hf_config_to_spec(config.to_dict()))
     assert int(official["backbone.stem.stem1.bn.num_batches_tracked"]) == 7
+
+
+def test_sharded_safetensors_are_read(saved_n: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    saved_n[1].save_pretrained(tmp_path, max_shard_size="4MB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    sharded, _ = read_hf_checkpoint(tmp_path)
+    whole, _ = read_hf_checkpoint(saved_n[0])
+    assert sharded.keys() == whole.keys()
+    assert all(torch.equal(sharded[k], whole[k]) for k in whole)

@@ -108,12 +108,13 @@ def test_silu_decoder_of_transformers_keeps_relu_heads(tmp_path: Path) -> None:
     hf = hf_model("n", tmp_path, variant="deim")
     loaded = read_checkpoint(tmp_path)
     cfg = loaded.info.config
-    assert (cfg.variant, cfg.decoder_activation, cfg.mlp_activation) == ("deim", "silu", "silu")
+    # read_checkpoint reproduces transformers: SiLU decoder layers, ReLU heads.
+    assert (cfg.variant, cfg.decoder_activation, cfg.mlp_activation) == ("deim", "silu", "relu")
     x = images()[:1]
     with torch.no_grad():
         hf_out = hf(pixel_values=x)
-        as_transformers = our_model(cfg.replace(mlp_activation="relu"), loaded.state_dict)(x)
-        as_deim = our_model(cfg, loaded.state_dict)(x)
+        as_transformers = our_model(cfg, loaded.state_dict)(x)
+        as_deim = our_model(cfg.replace(mlp_activation="silu"), loaded.state_dict)(x)
     assert isinstance(as_transformers, HeadOutput) and isinstance(as_deim, HeadOutput)
     assert_same_detections(hf_out, as_transformers)
     score_gap = (as_deim.logits.sigmoid().flatten(1).sort(dim=1).values

@@ -15,10 +15,13 @@ class BackendChoice(str, Enum):
     auto = "auto"
     torch = "torch"
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
 
 
 class ExportFormat(str, Enum):
     onnx = "onnx"
+    engine = "engine"
 
 
 class VariantChoice(str, Enum):
@@ -100,41 +103,86 @@ def _predict(weights, source, backend, device, conf, img_size, batch_size, outpu
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint to export (any supported format)."),
-    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="Export format."),
-    output: Path = typer.Option(None, help="Output file; default: next to the checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to export (any supported format), or an .onnx for --format engine."),
+    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="Export format: onnx, or engine (TensorRT)."),
+    output: Path = typer.Option(None, help="Output file; default: next to the checkpoint (.onnx / .engine)."),
     img_size: int = typer.Option(None, "--img-size", help="Input size (multiple of 32); default: the model's."),
     opset: int = typer.Option(17, min=16, help="ONNX opset."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Dynamic batch axis N."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph (onnxslim)."),
-    check: bool = typer.Option(True, "--check/--no-check", help="Compare ONNX Runtime with torch (batch 1 and 3)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare the export with torch / ONNX Runtime."),
     variant: VariantChoice = typer.Option(None, help="Decoder variant for official .pth files (dfine or deim)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Engine: FP16 (network in float16, postprocessor in float32)."),
+    workspace: float = typer.Option(None, "--workspace", min=0.0, help="Engine: TensorRT workspace limit in GB (default: TensorRT's)."),
+    min_batch: int = typer.Option(None, "--min-batch", min=1, help="Engine: smallest batch of the optimisation profile (1)."),
+    opt_batch: int = typer.Option(None, "--opt-batch", min=1, help="Engine: batch TensorRT tunes for (min batch)."),
+    max_batch: int = typer.Option(None, "--max-batch", min=1, help="Engine: largest batch of the profile (opt batch)."),
+    keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="Engine with --fp16: module path (glob) to keep in FP32, e.g. 'decoder.dec_bbox_head.*'; repeatable."),
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
 ) -> None:
-    """Export a checkpoint to ONNX with the official I/O contract and check it."""
+    """Export a checkpoint to ONNX, or build a TensorRT engine, and check it."""
     handle_errors(_export)(checkpoint, format, output, img_size, opset, dynamic_batch, simplify,
-                           check, variant, json_out)
+                           check, variant, fp16, workspace, min_batch, opt_batch, max_batch,
+                           keep_fp32, json_out)
 
 
 def _export(checkpoint, format, output, img_size, opset, dynamic_batch, simplify, check,
-            variant, json_out) -> None:
-    from dfine_cli.checkpoint import load_weights, read_checkpoint
+            variant, fp16, workspace, min_batch, opt_batch, max_batch, keep_fp32,
+            json_out) -> None:
     from dfine_cli.detector import check_img_size
+
+    size = check_img_size((img_size, img_size)) if img_size else None
+    if format == ExportFormat.engine:
+        onnx_only = {"--opset": opset != 17, "--static-batch": not dynamic_batch,
+                     "--no-simplify": not simplify}
+        used = [flag for flag, given in onnx_only.items() if given]
+        if used:
+            raise UsageError(f"{', '.join(used)} apply to --format onnx only (engines are built "
+                             "from opset-17 ONNX with a dynamic batch bounded by the profile)")
+        _export_engine(checkpoint, output, size, check, variant, fp16, workspace, min_batch,
+                       opt_batch, max_batch, keep_fp32, json_out)
+        return
+    engine_only = {"--fp16": fp16, "--workspace": workspace is not None,
+                   "--min-batch": min_batch is not None, "--opt-batch": opt_batch is not None,
+                   "--max-batch": max_batch is not None, "--keep-fp32": bool(keep_fp32)}
+    used = [flag for flag, given in engine_only.items() if given]
+    if used:
+        raise UsageError(f"{', '.join(used)} apply to --format engine only")
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        raise UsageError(f"{Path(checkpoint).name} is already ONNX; --format engine builds a TensorRT engine from it")
+    from dfine_cli.checkpoint import load_weights, read_checkpoint
     from dfine_cli.export.onnx import export_onnx
     from dfine_cli.models.build import build_model_from_config
 
     ckpt = read_checkpoint(checkpoint, variant=variant.value if variant else None)
     model = build_model_from_config(ckpt.info.config)
     load_weights(model, ckpt.state_dict, source=str(checkpoint))
-    size = check_img_size((img_size, img_size)) if img_size else ckpt.info.img_size
     out = Path(output) if output else Path(checkpoint).with_suffix(".onnx")
-    report = export_onnx(model, ckpt.info, out, img_size=size, opset=opset,
+    report = export_onnx(model, ckpt.info, out, img_size=size or ckpt.info.img_size, opset=opset,
                          dynamic_batch=dynamic_batch, simplify=simplify, check=check)
     if json_out:
         print_json({"command": "export", **report.to_dict()})
         return
     for batch, agreement in report.checks.items():
         typer.echo(f"check batch {batch}: {agreement.describe()}", err=True)
+    typer.echo(str(report.path))
+
+
+def _export_engine(checkpoint, output, size, check, variant, fp16, workspace, min_batch,
+                   opt_batch, max_batch, keep_fp32, json_out) -> None:
+    from dfine_cli.export.tensorrt import CHECK_COLUMNS, check_table, export_engine
+
+    out = Path(output) if output else Path(checkpoint).with_suffix(".engine")
+    report = export_engine(checkpoint, out, fp16=fp16, workspace_gb=workspace,
+                           min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                           img_size=size, keep_fp32=keep_fp32,
+                           variant=variant.value if variant else None, check=check)
+    if json_out:
+        print_json({"command": "export", **report.to_dict()})
+        return
+    if report.checks:
+        print_table(f"{report.precision} engine vs reference", CHECK_COLUMNS,
+                    check_table(report.checks))
     typer.echo(str(report.path))
 
 
@@ -242,5 +290,9 @@ def register(app: typer.Typer) -> None:
     app.command()(info)
     app.add_typer(weights_app, name="weights")
     from dfine_cli.cli.demo import demo
+    from dfine_cli.cli.eval import evaluate
+    from dfine_cli.cli.train import train
 
+    app.command()(train)
+    app.command(name="eval")(evaluate)
     app.command()(demo)

@@ -229,6 +229,15 @@ def convert(
 # --------------------------------------------------------------------------- checks
 
 
+DataArgument = Annotated[
+    Path, typer.Argument(help="Dataset folder, dataset YAML, or a COCO .json (with --images).")
+]
+SplitOption = Annotated[
+    str | None, typer.Option(help="Only this split (default: every split found).")
+]
+ImagesOption = Annotated[Path | None, typer.Option(help="Image folder when DATA is a .json file.")]
+
+
 def _splits(data: Path, split: str | None, images: Path | None) -> list[tuple[str, Any]]:
     """(name, DatasetSplit) pairs for DATA: a folder, a YAML description, or one JSON file."""
     from dfine_cli.data.cocofile import DatasetSplit, available_splits, resolve_dataset
@@ -252,15 +261,9 @@ def _splits(data: Path, split: str | None, images: Path | None) -> list[tuple[st
 @app.command("validate")
 @handle_errors
 def validate(
-    data: Annotated[
-        Path, typer.Argument(help="Dataset folder, dataset YAML, or a COCO .json (with --images).")
-    ],
-    split: Annotated[
-        str | None, typer.Option(help="Only this split (default: every split found).")
-    ] = None,
-    images: Annotated[
-        Path | None, typer.Option(help="Image folder when DATA is a .json file.")
-    ] = None,
+    data: DataArgument,
+    split: SplitOption = None,
+    images: ImagesOption = None,
     fast: Annotated[
         bool, typer.Option("--fast", help="Read image headers only (skips decoding).")
     ] = False,
@@ -332,15 +335,9 @@ def validate(
 @app.command("stats")
 @handle_errors
 def stats(
-    data: Annotated[
-        Path, typer.Argument(help="Dataset folder, dataset YAML, or a COCO .json (with --images).")
-    ],
-    split: Annotated[
-        str | None, typer.Option(help="Only this split (default: every split found).")
-    ] = None,
-    images: Annotated[
-        Path | None, typer.Option(help="Image folder when DATA is a .json file.")
-    ] = None,
+    data: DataArgument,
+    split: SplitOption = None,
+    images: ImagesOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Images, boxes, boxes per class, image and box size distributions."""

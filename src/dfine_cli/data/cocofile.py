@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -107,7 +107,7 @@ class _Scanner:
         self._pos = 0
         self._dropped = 0  # characters discarded before the start of _buf
         self._eof = False
-        self._scan = json.JSONDecoder().scan_once
+        self._scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
     def _error(self, message: str, pos: int | None = None) -> DataError:
         where = self._dropped + (self._pos if pos is None else pos)
@@ -167,7 +167,7 @@ class _Scanner:
         grow = self._chunk
         while True:
             try:
-                # scan_once is what JSONDecoder.raw_decode calls, without its extra frame.
+                # The scanner JSONDecoder.raw_decode calls, without raw_decode's extra frame.
                 obj, end = self._scan(self._buf, self._pos)
             except (StopIteration, json.JSONDecodeError) as exc:
                 # Possibly only cut off by the end of the buffer: read more and retry.

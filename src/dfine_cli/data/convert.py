@@ -98,14 +98,19 @@ def _coord(value: float) -> float:
     return round(value, 3) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
-def _image_size(path: Path, exif_upright: bool) -> tuple[int, int]:
+def _image_size(path: Path, exif_upright: bool, report: _Report) -> tuple[int, int] | None:
+    """(width, height) from the file header; None (and a skip) if it cannot be read."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        width, height = img.size
-        if exif_upright and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-            return height, width
-        return width, height
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if exif_upright and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                return height, width
+            return width, height
+    except Exception as exc:  # whatever PIL raises on a bad file
+        report.skip("unreadable image", f"{path} ({type(exc).__name__})")
+        return None
 
 
 def _write_coco(
@@ -332,11 +337,10 @@ def convert_yolo(
             except ValueError:
                 report.skip("image outside the image folder", str(path))
                 continue
-            try:
-                width, height = _image_size(path, exif_upright=True)
-            except Exception as exc:
-                report.skip("unreadable image", f"{path} ({type(exc).__name__})")
+            size = _image_size(path, exif_upright=True, report=report)
+            if size is None:
                 continue
+            width, height = size
             label = yolo_label_path(path)
             if label.is_file():
                 boxes = _yolo_boxes(label, width, height, len(class_names), report)
@@ -444,11 +448,10 @@ def convert_voc(
         if image_path is None:
             report.skip("image not found", str(xml_path))
             continue
-        try:
-            width, height = _image_size(image_path, exif_upright=False)
-        except Exception as exc:
-            report.skip("unreadable image", f"{image_path} ({type(exc).__name__})")
+        size = _image_size(image_path, exif_upright=False, report=report)
+        if size is None:
             continue
+        width, height = size
         xml_size = (root.findtext("size/width"), root.findtext("size/height"))
         if xml_size != (None, None) and xml_size != (str(width), str(height)):
             report.notes["XML size differs from the image (image size used)"] += 1

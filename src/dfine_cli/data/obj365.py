@@ -115,6 +115,30 @@ def _require_file(path: Path, what: str) -> None:
         raise DataError(f"{what} not found: {path}")
 
 
+def _rewrite_members(
+    source: Path,
+    images: Callable[[Iterable[Any]], Iterable[Any]],
+    annotations: Callable[[Iterable[Any]], Iterable[Any]],
+) -> Iterator[tuple[str, Any]]:
+    """``source``'s members in file order, its images and annotations streamed through the
+    given functions, for :func:`write_streamed_json`. Raises :class:`DataError` at the end if
+    ``images``, ``annotations`` or ``categories`` was missing."""
+    seen = set()
+    for key, value in iter_members(source):
+        seen.add(key)
+        if key == "images":
+            yield key, StreamedArray(images(value))
+        elif key == "annotations":
+            yield key, StreamedArray(annotations(value))
+        else:
+            yield key, value
+    missing = {"images", "annotations", "categories"} - seen
+    if missing:
+        raise DataError(
+            f"{source}: missing {', '.join(sorted(missing))} (not a COCO annotation file?)"
+        )
+
+
 # --------------------------------------------------------------------------- remap
 
 
@@ -178,13 +202,7 @@ def _val_members(
             elif image_id not in moved:
                 counts.dropped += 1
 
-    for key, value in iter_members(val_json):
-        if key == "images":
-            yield key, StreamedArray(images(value))
-        elif key == "annotations":
-            yield key, StreamedArray(annotations(value))
-        else:
-            yield key, value
+    return _rewrite_members(val_json, images, annotations)
 
 
 def _train_members(
@@ -231,20 +249,11 @@ def _train_members(
             counts.train_annotations += 1
             yield annotation
 
-    seen = set()
-    for key, value in iter_members(train_json):
-        seen.add(key)
-        if key == "images":
-            yield key, StreamedArray(chain(moved_images(), train_images(value)))
-        elif key == "annotations":
-            yield key, StreamedArray(chain(moved_annotations(), train_annotations(value)))
-        else:
-            yield key, value
-    missing = {"images", "annotations", "categories"} - seen
-    if missing:
-        raise DataError(
-            f"{train_json}: missing {', '.join(sorted(missing))} (not a COCO annotation file?)"
-        )
+    return _rewrite_members(
+        train_json,
+        lambda elements: chain(moved_images(), train_images(elements)),
+        lambda elements: chain(moved_annotations(), train_annotations(elements)),
+    )
 
 
 def _copy_moved_images(
@@ -642,13 +651,7 @@ def _resized_members(
                 else _update_annotation(annotation, outcome, source)
             )
 
-    for key, value in iter_members(source):
-        if key == "images":
-            yield key, StreamedArray(images(value))
-        elif key == "annotations":
-            yield key, StreamedArray(annotations(value))
-        else:
-            yield key, value
+    return _rewrite_members(source, images, annotations)
 
 
 def resize_coco_images(

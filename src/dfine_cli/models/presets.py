@@ -220,4 +220,7 @@ def preset(
     cfg = PRESETS[key]().replace(
         num_classes=num_classes, decoder_activation=act, mlp_activation=act
     )
+    if variant == "deim":
+        # DEIM trains every size with ordinary (unfrozen) BatchNorm and an unfrozen stem.
+        cfg = cfg.replace(freeze_norm=False, freeze_stem=False)
     return cfg.replace(**overrides) if overrides else cfg

@@ -1,0 +1,73 @@
+"""`dfine eval`: COCO mAP of a checkpoint or exported model on a dataset split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dfine_cli.cli._common import handle_errors, print_json, print_table, track
+from dfine_cli.cli.commands_core import BackendChoice
+
+
+def evaluate(
+    weights: Path = typer.Argument(..., help="Checkpoint or exported .onnx."),
+    data: str = typer.Option(..., "--data", help="Dataset folder or dataset YAML."),
+    split: str = typer.Option("val", help="Split to evaluate."),
+    backend: BackendChoice = typer.Option(BackendChoice.auto, help="Inference backend (auto: by file type)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
+    img_size: int = typer.Option(None, "--img-size", help="Evaluation size [default: the model's]."),
+    workers: int = typer.Option(2, min=0, help="Data-loading workers."),
+    variant: str = typer.Option(None, help="Decoder variant for official .pth files (dfine or deim)."),
+    evaluator: str = typer.Option("faster", help="faster (faster-coco-eval) or pycocotools."),
+    output: Path = typer.Option(None, help="Folder for metrics.json and per_class.csv [default: runs/eval/exp{N}]."),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+) -> None:
+    """COCO bbox mAP (12 numbers) plus per-class AP, precision and recall."""
+    handle_errors(_evaluate)(weights, data, split, backend, device, batch_size, img_size, workers,
+                             variant, evaluator, output, json_out)
+
+
+def _evaluate(weights, data, split, backend, device, batch_size, img_size, workers, variant,  # noqa: ANN001
+              evaluator, output, json_out) -> None:
+    import numpy as np
+    import torch
+
+    from dfine_cli.data.cocofile import resolve_dataset
+    from dfine_cli.detector import Detector, check_img_size
+    from dfine_cli.engine.evaluate import eval_loader, make_eval_split, run_evaluation
+    from dfine_cli.errors import UsageError
+    from dfine_cli.fileio import next_run_dir
+
+    det = Detector.load(weights, backend=backend.value, device=device, variant=variant)
+    size = check_img_size((img_size, img_size)) if img_size else det.img_size
+    if size[0] != size[1]:
+        raise UsageError("evaluation uses square inputs; pass --img-size")
+    if det.model is None and tuple(size) != tuple(det.img_size):
+        raise UsageError(f"this exported model has a fixed input size {det.img_size}")
+    located = resolve_dataset(data, split)
+    eval_split = make_eval_split(located.images_dir, located.annotations, size[0])
+    if len(det.class_names) != eval_split.dataset.num_classes:
+        raise UsageError(f"the model has {len(det.class_names)} classes but {data} has "
+                         f"{eval_split.dataset.num_classes}")
+    loader = eval_loader(eval_split.dataset, batch_size, workers)
+
+    def predict(images: torch.Tensor, sizes: torch.Tensor):  # noqa: ANN202
+        return det.backend(np.ascontiguousarray(images.numpy()), sizes.numpy().astype(np.int64))
+
+    result = run_evaluation(predict, eval_split, loader, backend=evaluator,
+                            progress=lambda it, desc, total: track(it, desc, total), total=len(loader))
+    out_dir = Path(output) if output else next_run_dir("eval")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.write_json(out_dir / "metrics.json")
+    result.write_csv(out_dir / "per_class.csv")
+    if json_out:
+        import json
+
+        print_json({"command": "eval", "weights": str(weights), "split": split, "output_dir": str(out_dir),
+                    **json.loads(json.dumps(result.to_json()))})
+        return
+    print_table("COCO bbox", ["metric", "value"], [(k, v) for k, v in result.stats.items()])
+    print_table("per class", ["class", "AP", "AP50", "precision", "recall", "gt"],
+                [(c.name, c.ap, c.ap50, c.precision, c.recall, c.num_gt) for c in result.per_class])

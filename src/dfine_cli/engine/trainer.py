@@ -1,0 +1,436 @@
+"""The training loop: setup, then epochs of (train, evaluate, checkpoint).
+
+Checkpoints are our format (``dfine_cli.checkpoint``) written atomically: ``model`` holds
+the weights to use for inference (the EMA weights when EMA is on) and ``training`` holds
+everything needed to resume exactly: raw weights, EMA, optimizer, scaler, epoch and step,
+best metric, history, RNG state and the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from dfine_cli.checkpoint import ModelInfo, checkpoint_payload, load_weights, read_checkpoint, save_payload
+from dfine_cli.data.cocofile import resolve_dataset
+from dfine_cli.data.dataset import CocoDetectionDataset, check_dataset
+from dfine_cli.data.transforms import BatchCollator, TrainTransforms
+from dfine_cli.device import resolve_device
+from dfine_cli.engine.config import TrainConfig
+from dfine_cli.engine.criterion import build_criterion
+from dfine_cli.engine.evaluate import EvalSplit, eval_loader, make_eval_split, run_evaluation
+from dfine_cli.engine.evaluator import EvalResult
+from dfine_cli.engine.optim import ModelEMA, apply_lr, build_param_groups, lr_factor
+from dfine_cli.engine.recipes import Recipe, build_recipe
+from dfine_cli.engine.run_files import RunFiles
+from dfine_cli.errors import CheckpointError, DataError, TrainingError, UsageError
+from dfine_cli.fileio import next_run_dir
+from dfine_cli.models.build import build_model_from_config
+from dfine_cli.models.dfine import DFINE, DeployModel
+from dfine_cli.models.outputs import DetectorOutput
+from dfine_cli.models.presets import preset
+
+log = logging.getLogger("dfine.train")
+
+Progress = Callable[[Iterable[Any], str, int | None], Iterator[Any]]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_run: int
+    best_metric: float
+    best_epoch: int
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    skipped_steps: int = 0
+
+
+class EpochSampler(Sampler[int]):
+    """A random permutation that depends only on ``(seed, epoch)``; optionally sharded.
+
+    Sharding pads with the first indices so every rank sees the same number of samples
+    (training only; evaluation de-duplicates by image id).
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True) -> None:
+        self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        per_rank = math.ceil(self.size / self.world)
+        order += order[: per_rank * self.world - len(order)]
+        return order[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world)
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _autocast(device: torch.device, cfg: TrainConfig) -> tuple[contextlib.AbstractContextManager[Any], torch.amp.GradScaler | None]:
+    if not cfg.amp:
+        return contextlib.nullcontext(), None
+    dtype_name = cfg.amp_dtype
+    if dtype_name == "auto":
+        dtype_name = "fp16" if device.type == "cuda" else "bf16"
+    if dtype_name == "fp16" and device.type != "cuda":
+        raise UsageError("fp16 mixed precision needs CUDA; use --set amp_dtype=bf16 on CPU")
+    dtype = torch.float16 if dtype_name == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return torch.autocast(device.type, dtype=dtype), scaler
+
+
+def _targets_to(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    return [{"labels": t["labels"].to(device), "boxes": t["boxes"].to(device).float()} for t in targets]
+
+
+def resolve_resume(resume: str, name: str | None = None) -> Path:
+    """``auto`` → newest ``runs/train/*/last.pth``; a run folder → its ``last.pth``."""
+    if resume == "auto":
+        root = Path("runs") / "train"
+        pattern = f"{name}*/last.pth" if name else "*/last.pth"
+        candidates = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise CheckpointError(f"--resume auto: no {root}/{pattern} to resume from")
+        return candidates[-1]
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "last.pth"
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist")
+    return path
+
+
+class Trainer:
+    """One training run. ``Trainer(cfg).fit()``; every collaborator is built in ``setup``."""
+
+    def __init__(self, cfg: TrainConfig, *, dist: DistInfo | None = None,
+                 progress: Progress | None = None, ddp_wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
+        self.cfg = cfg
+        self.dist = dist or DistInfo()
+        self.progress = progress
+        self.ddp_wrap = ddp_wrap
+        self.resume_state: dict[str, Any] | None = None
+        self.resume_path: Path | None = None
+        if cfg.resume:
+            self.resume_path = resolve_resume(cfg.resume, cfg.name)
+            ckpt = read_checkpoint(self.resume_path)
+            if ckpt.training is None:
+                raise CheckpointError(f"{self.resume_path} has no training state to resume")
+            self.resume_state = ckpt.training
+            saved = dict(ckpt.training["config"])
+            keep = {k: getattr(cfg, k) for k in ("epochs", "device", "workers", "patience") if getattr(cfg, k) is not None}
+            self.cfg = dataclasses.replace(TrainConfig(**saved), **keep, resume=cfg.resume)
+
+    # -- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.device = resolve_device(None if cfg.device == "auto" else cfg.device)
+        if self.dist.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        torch.manual_seed(cfg.seed)
+        train_split = resolve_dataset(cfg.data, cfg.train_split)
+        val_split = resolve_dataset(cfg.data, cfg.val_split)
+        for split in (train_split, val_split):
+            report = check_dataset(split.images_dir, split.annotations)
+            for line in getattr(report, "warnings", ()) or ():
+                log.warning("%s", line)
+        self.recipe: Recipe = build_recipe(cfg.recipe, cfg.model, cfg.epochs, cfg.img_size, cfg.augment)
+        self.train_transforms = TrainTransforms(self.recipe.augment, seed=cfg.seed)
+        self.train_set = CocoDetectionDataset(train_split.images_dir, train_split.annotations,
+                                              transforms=self.train_transforms)
+        if len(self.train_set) == 0:
+            raise DataError(f"the training split of {cfg.data} has no images")
+        self.val: EvalSplit = make_eval_split(val_split.images_dir, val_split.annotations, cfg.img_size)
+        if self.val.dataset.label_to_category != self.train_set.label_to_category:
+            raise DataError("train and val annotation files define different categories")
+        names = list(self.train_set.class_names)
+        if train_split.names and len(train_split.names) == len(names):
+            names = list(train_split.names)
+        self.num_classes = self.train_set.num_classes
+        self.model = self._build_model()
+        self.info = ModelInfo(
+            config=self.model_config, class_names=names,
+            category_ids=list(self.train_set.label_to_category), img_size=(cfg.img_size, cfg.img_size),
+        )
+        self.model.to(self.device)
+        if cfg.freeze_backbone:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(False)
+        self.criterion = build_criterion(cfg.recipe)  # type: ignore[arg-type]
+        self.per_rank_batch = max(1, cfg.batch_size // self.dist.world)
+        if cfg.batch_size % self.dist.world:
+            log.warning("batch size %d is not divisible by %d processes; using %d per process",
+                        cfg.batch_size, self.dist.world, self.per_rank_batch)
+        self.sampler = EpochSampler(len(self.train_set), cfg.seed, self.dist.rank, self.dist.world)
+        self.collator = BatchCollator.from_config(self.recipe.augment, seed=cfg.seed)
+        self.loader = DataLoader(self.train_set, batch_size=self.per_rank_batch, sampler=self.sampler,
+                                 num_workers=cfg.workers, collate_fn=self.collator, drop_last=False,
+                                 persistent_workers=False)
+        self.iters_per_epoch = len(self.loader)
+        self.schedule = self.recipe.schedule(self.iters_per_epoch, cfg.warmup_iters)
+        groups = build_param_groups(self.model, self.recipe.optim, cfg.lr_scale)
+        self.optimizer = torch.optim.AdamW(groups, lr=self.recipe.optim.lr * cfg.lr_scale,
+                                           betas=self.recipe.optim.betas,
+                                           weight_decay=self.recipe.optim.weight_decay)
+        self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_warmups) if cfg.ema else None
+        self.autocast, self.scaler = _autocast(self.device, cfg)
+        self.train_module: nn.Module = self.ddp_wrap(self.model) if self.ddp_wrap else self.model
+        self.start_epoch, self.global_step, self.skip_batches = 0, 0, 0
+        self.best_metric, self.best_epoch = -1.0, -1
+        self.history: list[dict[str, Any]] = []
+        self.skipped_steps = 0
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+            self.run_dir = self.resume_path.parent if self.resume_path else Path(cfg.output or ".")
+        elif self.dist.is_main:
+            self.run_dir = Path(cfg.output) if cfg.output else next_run_dir("train", cfg.name)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.run_dir = Path(cfg.output or ".")
+        self.files = RunFiles(self.run_dir, enabled=self.dist.is_main)
+        if self.dist.is_main:
+            self.files.write_config(self.cfg.to_dict() | {"resolved": self._resolved()})
+
+    def _resolved(self) -> dict[str, Any]:
+        r = self.recipe
+        return {"epochs": r.epochs, "policy_epochs": list(r.augment.policy_epochs),
+                "mixup_epochs": list(r.augment.mixup_epochs), "lr": r.optim.lr * self.cfg.lr_scale,
+                "backbone_lr": r.optim.backbone_lr * self.cfg.lr_scale,
+                "weight_decay": r.optim.weight_decay, "schedule": dataclasses.asdict(self.schedule),
+                "per_process_batch": self.per_rank_batch, "processes": self.dist.world,
+                "num_classes": self.num_classes, "device": str(self.device)}
+
+    def _build_model(self) -> DFINE:
+        cfg = self.cfg
+        config = preset(cfg.model, num_classes=self.num_classes, variant=cfg.recipe,
+                        num_denoising=cfg.num_denoising)
+        if cfg.tune:
+            ckpt = read_checkpoint(cfg.tune, variant=cfg.tune_variant)
+            if ckpt.info.config.name != cfg.model:
+                raise UsageError(f"--tune checkpoint is size {ckpt.info.config.name!r} but --model is {cfg.model!r}")
+            config = ckpt.info.config.replace(num_classes=self.num_classes, num_denoising=cfg.num_denoising,
+                                              decoder_activation=config.decoder_activation,
+                                              mlp_activation=config.mlp_activation)
+            model = build_model_from_config(config)
+            state = dict(ckpt.state_dict)
+            if ckpt.info.num_classes != self.num_classes:
+                own = model.state_dict()
+                reset = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+                for k in reset:
+                    state[k] = own[k]
+                log.warning("class count differs (%d in checkpoint, %d in data): re-initialised %s",
+                            ckpt.info.num_classes, self.num_classes, ", ".join(reset))
+            load_weights(model, state, source=str(cfg.tune))
+        else:
+            model = build_model_from_config(config)
+        self.model_config = config
+        return model
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _training_state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
+            "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+            "history": self.history, "skipped_steps": self.skipped_steps,
+            "rng_torch": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"])
+        self.skip_batches = int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_metric = float(state["best_metric"])
+        self.best_epoch = int(state["best_epoch"])
+        self.history = list(state["history"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._resume_rng = state["rng_torch"]
+        log.info("resuming at epoch %d, step %d", self.start_epoch + 1, self.skip_batches)
+
+    def save(self, name: str, epoch: int, step_in_epoch: int) -> Path:
+        """Write ``name`` atomically (rank 0 only); returns its path."""
+        path = self.run_dir / name
+        if not self.dist.is_main:
+            return path
+        inference = self.ema.module if self.ema else self.model
+        payload = checkpoint_payload(inference, self.info, self._training_state(epoch, step_in_epoch))
+        save_payload(path, payload)
+        return path
+
+    # -- loop ------------------------------------------------------------------------------
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        self.train_set.set_epoch(epoch)
+        self.collator.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        if self.skip_batches and hasattr(self, "_resume_rng"):
+            torch.set_rng_state(self._resume_rng)
+        else:
+            torch.manual_seed(cfg.seed * 7919 + epoch)
+        sums: dict[str, float] = {}
+        count = 0
+        consecutive_bad = 0
+        batches: Iterable[Any] = self.loader
+        if self.progress is not None and self.dist.is_main:
+            batches = self.progress(self.loader, f"epoch {epoch + 1}/{self.recipe.epochs}", len(self.loader))
+        for step, (images, targets) in enumerate(batches):
+            if step < self.skip_batches:
+                continue
+            images = images.to(self.device, non_blocking=True)
+            tgts = _targets_to(targets, self.device)
+            apply_lr(self.optimizer, lr_factor(self.schedule, self.global_step))
+            with self.autocast:
+                out = self.train_module(images, tgts)
+                assert isinstance(out, DetectorOutput)
+                losses = self.criterion(out, tgts)
+            loss = losses.total
+            if not bool(torch.isfinite(loss)):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                consecutive_bad += 1
+                log.warning("non-finite loss at epoch %d step %d: step skipped (%d in a row)",
+                            epoch + 1, step, consecutive_bad)
+                if consecutive_bad >= cfg.max_nonfinite:
+                    last = self.run_dir / "last.pth"
+                    raise TrainingError(
+                        f"{consecutive_bad} non-finite losses in a row; stopping. Last good "
+                        f"checkpoint: {last if last.exists() else 'none yet'} (try a lower --lr-scale)"
+                    )
+                continue
+            consecutive_bad = 0
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if cfg.clip_max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_max_norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.global_step += 1
+            count += 1
+            for k, v in losses.as_floats().items():
+                sums[k] = sums.get(k, 0.0) + v
+            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            if cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0 and step + 1 < len(self.loader):
+                self.save("last.pth", epoch, step + 1)
+        self.skip_batches = 0
+        avg = {k: v / max(count, 1) for k, v in sums.items()}
+        avg["lr"] = self.optimizer.param_groups[0]["lr"]
+        return avg
+
+    def evaluate(self) -> EvalResult:
+        module = self.ema.module if self.ema else self.model
+        module.eval()
+        deploy = DeployModel(module)
+        loader = eval_loader(self.val.dataset, self.per_rank_batch, self.cfg.workers,
+                             sampler=EpochSampler(len(self.val.dataset), 0, self.dist.rank, self.dist.world, shuffle=False))
+
+        @torch.inference_mode()
+        def predict(images: torch.Tensor, sizes: torch.Tensor) -> tuple[Any, Any, Any]:
+            return deploy(images.to(self.device), sizes.to(self.device))
+
+        result = run_evaluation(predict, self.val, loader, backend=self.cfg.eval_backend,
+                                progress=self.progress if self.dist.is_main else None, total=len(loader))
+        self.model.train()
+        return result
+
+    def fit(self) -> TrainResult:
+        self.setup()
+        cfg = self.cfg
+        stopped_early = False
+        epoch = self.start_epoch
+        log.info("training D-FINE-%s (%s recipe) on %d images, %d classes, %d epochs, %d iterations/epoch, "
+                 "batch %d (%d per process), device %s -> %s", cfg.model.upper(), cfg.recipe,
+                 len(self.train_set), self.num_classes, self.recipe.epochs, self.iters_per_epoch,
+                 cfg.batch_size, self.per_rank_batch, self.device, self.run_dir)
+        for epoch in range(self.start_epoch, self.recipe.epochs):
+            t0 = time.perf_counter()
+            stats = self.train_one_epoch(epoch)
+            record: dict[str, Any] = {"epoch": epoch + 1, "time_s": round(time.perf_counter() - t0, 2), **stats}
+            is_last = epoch + 1 == self.recipe.epochs
+            if (epoch + 1) % cfg.eval_every == 0 or is_last:
+                result = self.evaluate()
+                record.update({f"val_{k}": v for k, v in result.stats.items()})
+                metric = float(result.stats.get(cfg.metric, float("nan")))
+                improved = metric > self.best_metric
+                if improved:
+                    self.best_metric, self.best_epoch = metric, epoch + 1
+                    self.history.append(record)
+                    self.save("best.pth", epoch + 1, 0)
+                    if self.dist.is_main:
+                        result.write_json(self.run_dir / "best_eval.json")
+                else:
+                    self.history.append(record)
+                log.info("epoch %d: loss %.4f, val %s %.4f (best %.4f @ %d)", epoch + 1,
+                         stats.get("loss", float("nan")), cfg.metric, metric, self.best_metric, self.best_epoch)
+            else:
+                self.history.append(record)
+                log.info("epoch %d: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
+            self.save("last.pth", epoch + 1, 0)
+            self.files.write_history(self.history)
+            if cfg.patience and self.best_epoch > 0 and epoch + 1 - self.best_epoch >= cfg.patience:
+                log.info("no improvement for %d epochs: stopping early", cfg.patience)
+                stopped_early = True
+                break
+        best = self.run_dir / "best.pth"
+        return TrainResult(self.run_dir, epoch + 1 if self.recipe.epochs else 0, self.best_metric,
+                           self.best_epoch, self.run_dir / "last.pth", best if best.exists() else None,
+                           self.history, stopped_early, self.skipped_steps)
+
+
+def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Run a single-process training described by ``cfg``."""
+    return Trainer(cfg, progress=progress).fit()
