@@ -24,7 +24,7 @@ from dfine_cli.backends.base import Backend, BackendMeta
 from dfine_cli.backends.torch_backend import TorchBackend
 from dfine_cli.checkpoint import ModelInfo, load_weights, read_checkpoint, save_checkpoint
 from dfine_cli.device import resolve_device
-from dfine_cli.errors import DependencyError, UsageError
+from dfine_cli.errors import UsageError
 from dfine_cli.media import read_image_rgb
 from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.dfine import DFINE, DeployModel

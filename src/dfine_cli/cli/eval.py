@@ -29,7 +29,7 @@ def evaluate(
                              variant, evaluator, output, json_out)
 
 
-def _evaluate(weights, data, split, backend, device, batch_size, img_size, workers, variant,  # noqa: ANN001
+def _evaluate(weights, data, split, backend, device, batch_size, img_size, workers, variant,
               evaluator, output, json_out) -> None:
     import numpy as np
     import torch
@@ -53,7 +53,7 @@ def _evaluate(weights, data, split, backend, device, batch_size, img_size, worke
                          f"{eval_split.dataset.num_classes}")
     loader = eval_loader(eval_split.dataset, batch_size, workers)
 
-    def predict(images: torch.Tensor, sizes: torch.Tensor):  # noqa: ANN202
+    def predict(images: torch.Tensor, sizes: torch.Tensor):
         return det.backend(np.ascontiguousarray(images.numpy()), sizes.numpy().astype(np.int64))
 
     result = run_evaluation(predict, eval_split, loader, backend=evaluator,

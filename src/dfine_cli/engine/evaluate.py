@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from dfine_cli.data.dataset import CocoDetectionDataset
 from dfine_cli.data.transforms import EvalTransforms
 from dfine_cli.engine.evaluator import CocoEvaluator, EvalResult
+from dfine_cli.errors import UsageError
 
 log = logging.getLogger("dfine.engine.evaluate")
 
@@ -54,8 +55,10 @@ def run_evaluation(
     total: int | None = None,
 ) -> EvalResult:
     """Predict every batch, accumulate per image id, gather across processes, score."""
+    if backend not in ("faster", "pycocotools"):
+        raise UsageError(f"unknown evaluator {backend!r}; choose faster or pycocotools")
     evaluator = CocoEvaluator(
-        split.annotation_file, split.dataset.label_to_category, backend=backend
+        split.annotation_file, split.dataset.label_to_category, backend=backend  # type: ignore[arg-type]
     )
     iterator = progress(batches, "eval", total) if progress is not None else batches
     for images, targets in iterator:

@@ -22,7 +22,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from dfine_cli.checkpoint import ModelInfo, checkpoint_payload, load_weights, read_checkpoint, save_payload
+from dfine_cli.checkpoint import (
+    ModelInfo,
+    checkpoint_payload,
+    load_weights,
+    read_checkpoint,
+    save_payload,
+)
 from dfine_cli.data.cocofile import resolve_dataset
 from dfine_cli.data.dataset import CocoDetectionDataset, check_dataset
 from dfine_cli.data.transforms import BatchCollator, TrainTransforms
@@ -373,6 +379,7 @@ class Trainer:
 
     def evaluate(self) -> EvalResult:
         module = self.ema.module if self.ema else self.model
+        assert isinstance(module, DFINE)
         module.eval()
         deploy = DeployModel(module)
         loader = eval_loader(self.val.dataset, self.per_rank_batch, self.cfg.workers,
