@@ -1,72 +1,91 @@
-"""The built-in demo: everything runs offline on data the package generates itself."""
+"""The built-in demo: the whole life of a detector, offline, on data the package generates.
+
+Synthetic dataset → train D-FINE-N on the CPU → evaluate (torch and exported ONNX) →
+predict on validation images → annotated images and metrics.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
+from dfine_cli.data.synth import make_synthetic_dataset
 from dfine_cli.detector import Detector
-from dfine_cli.draw import draw_detections
-from dfine_cli.fileio import atomic_path, write_json
+from dfine_cli.engine.config import TrainConfig
+from dfine_cli.engine.evaluate import eval_loader, make_eval_split, run_evaluation
+from dfine_cli.engine.evaluator import EvalResult
+from dfine_cli.engine.trainer import train
+from dfine_cli.fileio import write_json
+from dfine_cli.predict import run_prediction
 
 log = logging.getLogger("dfine.demo")
 
-
-def demo_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
-    """A deterministic RGB test image: a gradient background with filled shapes."""
-    from dfine_cli.media import cv2_module
-
-    cv2 = cv2_module()
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([xx / width, yy / height, 0.5 + 0.5 * np.sin(xx / 37.0) * np.cos(yy / 53.0)], -1)
-    image = (base * 200 + rng.normal(0, 8, (height, width, 3))).clip(0, 255).astype(np.uint8)
-    for _ in range(6):
-        color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        x, y = int(rng.integers(40, width - 120)), int(rng.integers(40, height - 120))
-        w, h = int(rng.integers(40, 110)), int(rng.integers(40, 110))
-        if rng.random() < 0.5:
-            cv2.rectangle(image, (x, y), (x + w, y + h), color, -1)
-        else:
-            cv2.ellipse(image, (x + w // 2, y + h // 2), (w // 2, h // 2), 0, 0, 360, color, -1)
-    return image
+Progress = Callable[[Iterable[Any], str, int | None], Iterator[Any]]
 
 
 @dataclass
 class DemoResult:
     output_dir: Path
-    image_path: Path
-    annotated_path: Path
-    detections: int
+    checkpoint: Path
+    onnx: Path | None
+    metrics: dict[str, Any]
+    annotated: list[Path]
+
+
+def _evaluate_detector(det: Detector, data: Path, img_size: int) -> EvalResult:
+    split = make_eval_split(data / "images" / "val", data / "annotations" / "instances_val.json", img_size)
+    loader = eval_loader(split.dataset, 4, 0)
+
+    def predict(images: torch.Tensor, sizes: torch.Tensor) -> tuple[Any, Any, Any]:
+        return det.backend(np.ascontiguousarray(images.numpy()), sizes.numpy().astype(np.int64))
+
+    return run_evaluation(predict, split, loader)
 
 
 def run_demo(
-    output_dir: Path, size: str = "n", conf: float = 0.0, seed: int = 0, max_det: int = 10
+    output_dir: Path,
+    *,
+    epochs: int = 8,
+    images: int = 120,
+    img_size: int = 320,
+    batch_size: int = 8,
+    seed: int = 0,
+    export: bool = True,
+    progress: Progress | None = None,
 ) -> DemoResult:
-    """Generate an image, build a randomly initialised model, predict, write the results.
-
-    The weights are random: detections are meaningless and only show that the whole path
-    (model construction, preprocessing, inference, postprocessing, drawing) works offline.
-    """
-    from dfine_cli.media import cv2_module
-
-    cv2 = cv2_module()
-
+    """Run the demo into ``output_dir`` and return where everything went."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    image = demo_image(seed=seed)
-    image_path = output_dir / "demo_input.jpg"
-    with atomic_path(image_path) as tmp:
-        cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    detector = Detector.from_preset(size, num_classes=80, seed=seed)
-    det = detector.predict(image, conf=conf, max_det=max_det)[0]
-    det.path = str(image_path)
-    annotated = output_dir / "demo_prediction.jpg"
-    with atomic_path(annotated) as tmp:
-        cv2.imwrite(str(tmp), draw_detections(image, det))
-    write_json(output_dir / "predictions.json", {"schema_version": 1, "results": [det.to_dict()],
-                                                  "weights": "random initialisation"})
-    return DemoResult(output_dir, image_path, annotated, len(det))
+    data = output_dir / "data"
+    summary = make_synthetic_dataset(data, num_images=images, num_classes=3, seed=seed, img_size=img_size)
+    log.info("synthetic dataset: %d train / %d val images -> %s", summary.train_images,
+             summary.val_images, data)
+    result = train(
+        TrainConfig(data=str(data), model="n", epochs=epochs, batch_size=batch_size,
+                    img_size=img_size, workers=0, device="cpu", output=str(output_dir / "train"),
+                    seed=seed),
+        progress=progress,
+    )
+    checkpoint = result.best_checkpoint or result.last_checkpoint
+    det = Detector.from_checkpoint(checkpoint)
+    metrics: dict[str, Any] = {"train": {"epochs": result.epochs_run, "best_epoch": result.best_epoch,
+                                         "history": result.history}}
+    metrics["torch"] = _evaluate_detector(det, data, img_size).to_json()
+    onnx_path: Path | None = None
+    if export:
+        from dfine_cli.export.onnx import export_onnx
+
+        assert det.model is not None and det.info is not None
+        onnx_path = output_dir / "model.onnx"
+        export_onnx(det.model, det.info, onnx_path, img_size=(img_size, img_size))
+        metrics["onnxruntime"] = _evaluate_detector(Detector.load(onnx_path), data, img_size).to_json()
+    pred = run_prediction(det, data / "images" / "val", output_dir / "predict", conf=0.4)
+    annotated = sorted((output_dir / "predict").glob("*.jpg"))
+    metrics["predict"] = {"images": pred.images, "detections": pred.detections}
+    write_json(output_dir / "metrics.json", {"schema_version": 1, **metrics})
+    return DemoResult(output_dir, checkpoint, onnx_path, metrics, annotated)

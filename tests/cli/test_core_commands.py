@@ -29,7 +29,7 @@ def test_version_and_help():
     out = run("--version")
     assert out.returncode == 0 and out.stdout.startswith("dfine ")
     helped = run("--help")
-    for command in ("predict", "export", "info", "weights", "demo"):
+    for command in ("train", "eval", "predict", "export", "info", "weights", "demo", "data"):
         assert command in helped.stdout
 
 
@@ -167,9 +167,12 @@ def test_export_cli_and_onnx_predict(ckpt, tmp_path):
 
 
 def test_demo(tmp_path):
-    res = run("demo", "--output", str(tmp_path / "d"), "--json")
+    res = run("demo", "--output", str(tmp_path / "d"), "--json", "--epochs", "1", "--images", "12",
+              "--no-export")
     assert res.returncode == 0, res.stderr
     payload = json.loads(res.stdout)
-    assert payload["weights"] == "random" and payload["detections"] == 10
-    assert "randomly initialised" in res.stderr
-    assert (tmp_path / "d" / "demo_prediction.jpg").stat().st_size > 0
+    assert payload["schema_version"] == 1 and 0.0 <= payload["val_AP"] <= 1.0
+    out = tmp_path / "d"
+    for name in ("metrics.json", "train/best.pth", "train/metrics.csv", "data/annotations/instances_val.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "predict").glob("*.jpg"))

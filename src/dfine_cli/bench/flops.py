@@ -1,11 +1,16 @@
 """Parameters, FLOPs and MACs of a D-FINE model, next to the official figures.
 
 FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode` (maintained in
-torch): it counts convolutions and matrix products (``aten.convolution``, ``mm``, ``addmm``,
-``bmm``, attention) at 2 FLOPs per multiply-accumulate, and nothing else. So ``macs`` is
-``flops / 2``. The official figures come from calflops, which also counts element-wise work
-(activations, normalisation, additions, softmax, sampling); that is why its GFLOPs are about
-1% higher for the same network.
+torch), on a model built on the ``meta`` device: shapes only, no arithmetic, so every size
+is counted in about a second and weights do not matter. It counts convolutions and matrix
+products (``aten.convolution``, ``mm``, ``addmm``, ``bmm``) at 2 FLOPs per multiply-accumulate
+and nothing else, so ``macs`` is ``flops / 2``.
+
+The official figures come from calflops (``tools/benchmark/get_info.py``), run on a CPU. It
+differs in two ways: it adds element-wise work (activations, normalisation, additions,
+softmax, sampling) to its FLOPs, and it does not see the attention products computed inside
+PyTorch's fused multi-head-attention kernel (taken on a CPU in inference), about 0.22 GFLOPs
+for N at 640. Run on the same model, calflops gives 3.547 GMACs for N; we count 3.657.
 
 What is counted is the official *deploy* model at the given input size, without the
 postprocessor: the encoder's RepVGG blocks and conv+BN pairs re-parameterised into single
@@ -25,7 +30,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.dfine import DFINE
+from dfine_cli.models.presets import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ def official_deploy_view(model: DFINE) -> DFINE:
     Encoder blocks re-parameterised except the input projections, decoder score heads and
     LQE layers of the intermediate layers removed. Outputs are unchanged (eval mode).
     """
-    view = copy.deepcopy(model).cpu().float().eval()
+    view = copy.deepcopy(model).eval()
     encoder = view.encoder
     for name, module in list(encoder.named_modules()):
         if not name or name.startswith("input_proj"):
@@ -135,21 +142,27 @@ def deploy_parameter_count(model: DFINE) -> int:
 
 
 def count_flops(model: DFINE, img_size: tuple[int, int]) -> tuple[int, dict[str, int]]:
-    """FLOPs of one forward pass on a ``[1, 3, H, W]`` image, total and per operator."""
+    """FLOPs of one forward pass on a ``[1, 3, H, W]`` image, total and per operator.
+
+    Works on a model built on the ``meta`` device too (shapes only, no arithmetic), which
+    is how ``dfine bench info`` counts a preset without computing anything.
+    """
     view = official_deploy_view(model)
-    images = torch.zeros(1, 3, *img_size)
+    images = torch.zeros(1, 3, *img_size, device=next(view.parameters()).device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         view(images)
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     return int(counter.get_total_flops()), by_op
 
 
-def model_complexity(model: DFINE, size: str, variant: str, img_size: tuple[int, int]) -> Complexity:
-    """Count parameters and FLOPs of ``model`` at ``img_size`` (H, W)."""
+def model_complexity(config: ModelConfig, img_size: tuple[int, int]) -> Complexity:
+    """Count parameters and FLOPs of the model ``config`` describes at ``img_size`` (H, W)."""
+    with torch.device("meta"):
+        model = build_model_from_config(config).eval()
     flops, by_op = count_flops(model, img_size)
     return Complexity(
-        size=size,
-        variant=variant,
+        size=config.name,
+        variant=config.variant,
         num_classes=model.num_classes,
         img_size=(int(img_size[0]), int(img_size[1])),
         params_total=sum(p.numel() for p in model.parameters()),
@@ -174,12 +187,10 @@ def difference_note(result: Complexity) -> str:
         delta = result.params_deploy - official.counter_params
         parts.append("parameters equal the official counter's" if delta == 0
                      else f"parameters differ from the official counter by {delta:+,}")
-    if official.counter_gflops is not None:
-        rel = result.gflops / official.counter_gflops - 1.0
-        parts.append(
-            f"GFLOPs {rel:+.1%} vs calflops, which also counts element-wise operations "
-            "(activations, norms, additions, softmax, grid sampling)"
-        )
-    else:
-        parts.append("the README rounds GFLOPs; calflops also counts element-wise operations")
+    reference = official.counter_gflops or official.gflops
+    source = "calflops" if official.counter_gflops else "the README's rounded calflops figure"
+    parts.append(
+        f"GFLOPs {result.gflops / reference - 1.0:+.1%} vs {source}, which adds element-wise "
+        "operations and misses the attention products inside PyTorch's fused attention"
+    )
     return "; ".join(parts)

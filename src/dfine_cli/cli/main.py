@@ -49,6 +49,12 @@ def _register() -> None:
     from dfine_cli.cli.data import app as data_app
 
     app.add_typer(data_app, name="data", help="Prepare, convert, check and describe datasets.")
+    from dfine_cli.cli.bench import app as bench_app
+
+    app.add_typer(bench_app, name="bench", help="Measure model size, compute, latency and accuracy.")
+    from dfine_cli.cli.viz import app as viz_app
+
+    app.add_typer(viz_app, name="viz", help="Look at a model's results: HTML report, FiftyOne.")
 
 
 _register()

@@ -103,7 +103,7 @@ class LossOutput:
 
     def as_floats(self) -> dict[str, float]:
         """The terms as Python floats (for logging; synchronises with the device)."""
-        return {name: float(value) for name, value in self.terms.items()}
+        return {name: float(value.detach()) for name, value in self.terms.items()}
 
 
 @dataclass(frozen=True)

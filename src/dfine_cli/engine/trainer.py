@@ -75,6 +75,7 @@ class EpochSampler(Sampler[int]):
     def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True) -> None:
         self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
         self.epoch = 0
+        self.skip = 0  # indices of this epoch already consumed (mid-epoch resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -90,10 +91,10 @@ class EpochSampler(Sampler[int]):
         return order[self.rank :: self.world]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.indices())
+        return iter(self.indices()[self.skip :])
 
     def __len__(self) -> int:
-        return math.ceil(self.size / self.world)
+        return math.ceil(self.size / self.world) - self.skip
 
 
 @dataclass
@@ -315,19 +316,21 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         self.collator.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
-        if self.skip_batches and hasattr(self, "_resume_rng"):
-            torch.set_rng_state(self._resume_rng)
-        else:
+        first = self.skip_batches
+        self.sampler.skip = first * self.per_rank_batch
+        resuming = first > 0 and hasattr(self, "_resume_rng")
+        if not resuming:
             torch.manual_seed(cfg.seed * 7919 + epoch)
+        iterator = iter(self.loader)  # draws the loader's base seed from the global RNG
+        if resuming:
+            torch.set_rng_state(self._resume_rng)
         sums: dict[str, float] = {}
         count = 0
         consecutive_bad = 0
-        batches: Iterable[Any] = self.loader
+        batches: Iterable[Any] = iterator
         if self.progress is not None and self.dist.is_main:
-            batches = self.progress(self.loader, f"epoch {epoch + 1}/{self.recipe.epochs}", len(self.loader))
-        for step, (images, targets) in enumerate(batches):
-            if step < self.skip_batches:
-                continue
+            batches = self.progress(iterator, f"epoch {epoch + 1}/{self.recipe.epochs}", len(self.loader))
+        for step, (images, targets) in enumerate(batches, start=first):
             images = images.to(self.device, non_blocking=True)
             tgts = _targets_to(targets, self.device)
             apply_lr(self.optimizer, lr_factor(self.schedule, self.global_step))
@@ -370,9 +373,10 @@ class Trainer:
             for k, v in losses.as_floats().items():
                 sums[k] = sums.get(k, 0.0) + v
             sums["loss"] = sums.get("loss", 0.0) + float(loss)
-            if cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0 and step + 1 < len(self.loader):
+            if cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0 and step + 1 < self.iters_per_epoch:
                 self.save("last.pth", epoch, step + 1)
         self.skip_batches = 0
+        self.sampler.skip = 0
         avg = {k: v / max(count, 1) for k, v in sums.items()}
         avg["lr"] = self.optimizer.param_groups[0]["lr"]
         return avg

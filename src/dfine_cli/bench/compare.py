@@ -1,0 +1,188 @@
+"""Several deployment options in one table: latency next to mAP on a dataset.
+
+An option is ``BACKEND[:PRECISION]`` (``torch``, ``onnxruntime``, ``openvino:bf16``,
+``tensorrt``...), run for every weights file given. Every option is validated before any is
+measured, so a typo fails at once instead of after minutes of measuring. The first row is
+the reference: ``delta_ap`` is each row's AP minus the reference's AP on the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dfine_cli.bench.latency import (
+    BENCH_BACKENDS,
+    PRECISIONS,
+    Stats,
+    check_precision,
+    is_preset_name,
+    load_bench_detector,
+    measure_latency,
+    synthetic_images,
+)
+from dfine_cli.errors import UsageError
+
+log = logging.getLogger("dfine.bench.compare")
+
+COLUMNS = ("weights", "backend", "precision", "median ms", "p90 ms", "images/s", "AP", "AP50",
+           "delta AP")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    backend: str
+    precision: str = "fp32"
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}:{self.precision}"
+
+
+def parse_run(text: str) -> RunSpec:
+    """``"openvino:bf16"`` -> ``RunSpec("openvino", "bf16")``; precision defaults to fp32."""
+    backend, _, precision = text.strip().lower().partition(":")
+    precision = precision or "fp32"
+    if backend not in BENCH_BACKENDS:
+        raise UsageError(f"--run {text!r}: backend must be one of {', '.join(BENCH_BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--run {text!r}: precision must be one of {', '.join(PRECISIONS)}")
+    return RunSpec(backend, precision)
+
+
+def default_runs() -> list[RunSpec]:
+    """torch fp32, ONNX Runtime, and OpenVINO fp32 (+ bf16 where the CPU has it) if installed."""
+    import importlib.util
+
+    from dfine_cli.bench.latency import cpu_description
+
+    runs = [RunSpec("torch"), RunSpec("onnxruntime")]
+    if importlib.util.find_spec("openvino") is not None:
+        runs.append(RunSpec("openvino"))
+        if cpu_description()["bf16"]:
+            runs.append(RunSpec("openvino", "bf16"))
+    return runs
+
+
+def runs_for(weights: str, runs: Sequence[RunSpec]) -> list[RunSpec]:
+    """The options that apply to ``weights`` (an engine only runs on tensorrt, etc.)."""
+    suffix = Path(weights).suffix.lower()
+    if suffix in (".engine", ".trt", ".plan"):
+        return [r for r in runs if r.backend == "tensorrt"]
+    if suffix == ".onnx":
+        return [r for r in runs if r.backend in ("onnxruntime", "openvino")]
+    return [r for r in runs if r.backend != "tensorrt"]
+
+
+@dataclass
+class CompareRow:
+    weights: str
+    run: RunSpec
+    latency: Stats  # end to end, per batch
+    batch_size: int
+    description: str
+    ap: float | None = None
+    ap50: float | None = None
+    delta_ap: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return 1000.0 * self.batch_size / self.latency.median_ms
+
+    def cells(self) -> tuple[str, ...]:
+        def pct(v: float | None, signed: bool = False) -> str:
+            if v is None:
+                return "-"
+            return f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
+
+        return (
+            Path(self.weights).name, self.run.backend, self.run.precision,
+            f"{self.latency.median_ms:.1f}", f"{self.latency.p90_ms:.1f}", f"{self.throughput:.2f}",
+            pct(self.ap), pct(self.ap50), pct(self.delta_ap, signed=True),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights,
+            "backend": self.run.backend,
+            "precision": self.run.precision,
+            "backend_description": self.description,
+            "batch_size": self.batch_size,
+            "latency": self.latency.to_dict(),
+            "throughput_images_per_s": round(self.throughput, 3),
+            "AP": self.ap,
+            "AP50": self.ap50,
+            "delta_AP": self.delta_ap,
+        }
+
+
+def compare(
+    weights: Sequence[str],
+    runs: Sequence[RunSpec],
+    *,
+    data: str | Path | None = None,
+    split: str = "val",
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int = 1,
+    img_size: int | None = None,
+    warmup: int = 5,
+    iters: int = 20,
+    max_images: int | None = None,
+    work_dir: Path,
+    progress: Callable[..., Any] | None = None,
+) -> list[CompareRow]:
+    """Measure every applicable (weights, run) pair; with ``data``, also its COCO AP."""
+    if not weights:
+        raise UsageError("give at least one weights file")
+    plan: list[tuple[str, RunSpec]] = []
+    for w in weights:
+        if not is_preset_name(w) and not Path(w).exists():
+            raise UsageError(f"weights not found: {w}")
+        applicable = runs_for(w, runs)
+        if not applicable:
+            raise UsageError(f"none of the runs {[r.label for r in runs]} applies to {w}")
+        for run in applicable:
+            check_precision(run.backend, run.precision, device)
+            plan.append((w, run))
+    dataset = None
+    if data is not None:
+        from dfine_cli.bench.accuracy import open_split
+
+        dataset = open_split(data, split)
+    if threads:
+        torch.set_num_threads(threads)
+    onnx_cache: dict[str, Path] = {}
+    images = synthetic_images(max(batch_size, 4), 640, 480)
+    rows: list[CompareRow] = []
+    reference_ap: dict[str, float] = {}
+    for w, run in plan:
+        log.info("measuring %s on %s", w, run.label)
+        loaded = load_bench_detector(w, backend=run.backend, precision=run.precision,
+                                     device=device, threads=threads, img_size=img_size,
+                                     work_dir=work_dir, onnx_cache=onnx_cache)
+        stats = measure_latency(loaded.detector, images, batch_size=batch_size, warmup=warmup,
+                                iters=iters)
+        row = CompareRow(w, RunSpec(run.backend, loaded.precision), stats["end_to_end"],
+                         batch_size, loaded.detector.backend.meta.description)
+        if dataset is not None:
+            from dfine_cli.bench.accuracy import evaluate_predictions, predict_split
+
+            predictions = predict_split(loaded.detector, dataset, batch_size=batch_size,
+                                        limit=max_images, progress=progress)
+            result = evaluate_predictions(predictions, dataset)
+            row.ap, row.ap50 = _finite(result.stats["AP"]), _finite(result.stats["AP50"])
+            if row.ap is not None:
+                base = reference_ap.setdefault(w, row.ap)
+                row.delta_ap = row.ap - base
+        rows.append(row)
+    return rows
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else float(value)  # NaN -> None

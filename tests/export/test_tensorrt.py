@@ -1,0 +1,312 @@
+"""TensorRT export: engine-independent parts here, the GPU path where CUDA and TensorRT exist."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tests.helpers import tiny_checkpoint
+
+from dfine_cli.backends.tensorrt_backend import (
+    EngineInfo,
+    engine_sidecar,
+    read_engine_info,
+    require_tensorrt,
+    tensorrt_missing,
+    torch_dtype_name,
+)
+from dfine_cli.errors import CheckpointError, DependencyError, HardwareError, UsageError
+from dfine_cli.export.tensorrt import (
+    TOLERANCES,
+    BatchProfile,
+    MixedPrecisionDeploy,
+    batch_profile,
+    check_outputs,
+    check_table,
+    describe_onnx,
+    export_mixed_precision_onnx,
+    select_modules,
+    tolerance_for,
+)
+
+HAS_GPU_TRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "dfine_cli", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("trt") / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(ckpt):
+    from dfine_cli.checkpoint import load_weights, read_checkpoint
+    from dfine_cli.models.build import build_model_from_config
+
+    loaded = read_checkpoint(ckpt)
+    model = build_model_from_config(loaded.info.config)
+    load_weights(model, loaded.state_dict)
+    return model.eval(), loaded.info
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def test_profile_defaults_to_batch_one():
+    assert batch_profile(None, None, None, onnx_batch=None) == BatchProfile(1, 1, 1)
+
+
+def test_profile_fills_missing_values():
+    assert batch_profile(None, 4, None, None) == BatchProfile(1, 4, 4)
+    assert batch_profile(2, None, 8, None) == BatchProfile(2, 2, 8)
+
+
+def test_profile_shapes_cover_both_inputs():
+    shapes = BatchProfile(1, 4, 8).shapes((320, 416))
+    assert shapes["images"] == ((1, 3, 320, 416), (4, 3, 320, 416), (8, 3, 320, 416))
+    assert shapes["orig_target_sizes"] == ((1, 2), (4, 2), (8, 2))
+
+
+@pytest.mark.parametrize("sizes", [(4, 2, 8), (1, 9, 8), (0, 1, 1)])
+def test_profile_rejects_unordered_or_zero(sizes):
+    with pytest.raises(UsageError):
+        batch_profile(*sizes, onnx_batch=None)
+
+
+def test_static_onnx_admits_only_its_batch():
+    assert batch_profile(None, None, None, onnx_batch=2) == BatchProfile(2, 2, 2)
+    with pytest.raises(UsageError, match="fixed batch size 2"):
+        batch_profile(1, 2, 4, onnx_batch=2)
+
+
+# --------------------------------------------------------------------------- tolerance
+
+
+def _outputs(batch: int = 2, k: int = 300, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    scores = np.sort(rng.random((batch, k)).astype(np.float32), axis=1)[:, ::-1].copy()
+    labels = rng.integers(0, 5, (batch, k))
+    xy = rng.uniform(0, 500, (batch, k, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(10, 100, (batch, k, 2))], -1).astype(np.float32)
+    return labels, boxes, scores
+
+
+def test_identical_outputs_pass_both_policies():
+    out = _outputs()
+    for precision in ("fp32", "fp16"):
+        check = check_outputs(out, out, tolerance_for(precision))
+        assert check.passed and check.max_score_diff == 0 and check.max_box_diff == 0
+
+
+def test_fp32_is_stricter_than_fp16():
+    labels, boxes, scores = _outputs()
+    noisy = (labels, boxes + 2.0, scores)  # every box 2 px off
+    assert not check_outputs((labels, boxes, scores), noisy, TOLERANCES["fp32"]).passed
+    assert check_outputs((labels, boxes, scores), noisy, TOLERANCES["fp16"]).passed
+    assert TOLERANCES["fp32"].score < TOLERANCES["fp16"].score
+    assert TOLERANCES["fp32"].box_px < TOLERANCES["fp16"].box_px
+
+
+def test_score_drift_fails():
+    labels, boxes, scores = _outputs()
+    drift = scores.copy()
+    drift[0, 0] -= 0.1
+    check = check_outputs((labels, boxes, scores), (labels, boxes, drift), TOLERANCES["fp16"])
+    assert not check.passed and check.max_score_diff == pytest.approx(0.1, abs=1e-6)
+
+
+def test_wrong_label_fails_and_shape_mismatch_fails():
+    labels, boxes, scores = _outputs()
+    wrong = labels.copy()
+    wrong[1, 0] = (wrong[1, 0] + 1) % 5
+    assert not check_outputs((labels, boxes, scores), (wrong, boxes, scores), TOLERANCES["fp32"]).passed
+    short = (labels[:, :10], boxes[:, :10], scores[:, :10])
+    assert not check_outputs((labels, boxes, scores), short, TOLERANCES["fp32"]).passed
+
+
+def test_fp16_ignores_the_low_score_tail():
+    labels, boxes, scores = _outputs()
+    moved = boxes.copy()
+    low = scores < TOLERANCES["fp16"].min_score
+    moved[low] += 50.0  # low-score detections wander; kept ones do not
+    check = check_outputs((labels, boxes, scores), (labels, moved, scores), TOLERANCES["fp16"])
+    assert check.passed and check.compared == int((~low).sum())
+
+
+def test_check_table_rows():
+    out = _outputs()
+    rows = check_table([check_outputs(out, out, TOLERANCES["fp32"])])
+    assert rows[0][0] == "2" and rows[0][-1] == "ok"
+
+
+# --------------------------------------------------------------------------- no GPU / no TensorRT
+
+
+def test_missing_messages_name_what_is_missing():
+    both = tensorrt_missing(False, "No module named 'tensorrt'")
+    assert "neither" in both and "pip install 'dfine[trt]'" in both
+    gpu = tensorrt_missing(False, None)
+    assert gpu is not None and "NVIDIA GPU" in gpu and "pip install" not in gpu
+    package = tensorrt_missing(True, "No module named 'tensorrt'")
+    assert package is not None and "not installed" in package and "dfine[trt]" in package
+    assert tensorrt_missing(True, None) is None
+
+
+@pytest.mark.skipif(HAS_GPU_TRT, reason="this machine has CUDA and TensorRT")
+def test_require_tensorrt_raises_environment_error():
+    with pytest.raises(DependencyError) as info:
+        require_tensorrt()
+    assert info.value.exit_code == 6
+    if not torch.cuda.is_available():
+        assert isinstance(info.value, HardwareError)
+
+
+@pytest.mark.skipif(HAS_GPU_TRT, reason="this machine has CUDA and TensorRT")
+def test_export_engine_without_gpu_is_one_line_exit_6(ckpt, tmp_path):
+    out = tmp_path / "model.engine"
+    res = run("export", str(ckpt), "--format", "engine", "--output", str(out), "--fp16")
+    assert res.returncode == 6, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "TensorRT" in lines[0]
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(HAS_GPU_TRT, reason="this machine has CUDA and TensorRT")
+def test_predict_with_tensorrt_backend_without_gpu(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not an engine")
+    image = tmp_path / "a.jpg"
+    from tests.conftest import write_jpeg
+
+    write_jpeg(image)
+    res = run("predict", str(engine), str(image), "--output", str(tmp_path / "out"))
+    assert res.returncode == 6 and "TensorRT" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_engine_usage_errors(ckpt, tmp_path):
+    res = run("export", str(ckpt), "--format", "engine", "--min-batch", "4", "--max-batch", "2")
+    assert res.returncode == 2 and "min <= opt <= max" in res.stderr
+    res = run("export", str(ckpt), "--format", "engine", "--keep-fp32", "decoder")
+    assert res.returncode == 2 and "--fp16" in res.stderr
+    res = run("export", str(ckpt), "--fp16")
+    assert res.returncode == 2 and "--format engine" in res.stderr
+    res = run("export", str(ckpt), "--format", "engine", "--output", str(tmp_path / "x.onnx"))
+    assert res.returncode == 2 and ".engine" in res.stderr
+
+
+# --------------------------------------------------------------------------- sidecar and types
+
+
+def test_engine_info_round_trip(tmp_path):
+    info = EngineInfo(["a", "b"], [3, 7], (320, 320), "fp16", 1, 2, 4, "11.4.0")
+    path = tmp_path / "m.engine"
+    engine_sidecar(path).write_text(json.dumps(info.to_dict()))
+    assert read_engine_info(path) == info
+    assert read_engine_info(tmp_path / "other.engine") is None
+    engine_sidecar(path).write_text("{not json")
+    with pytest.raises(CheckpointError):
+        read_engine_info(path)
+
+
+def test_tensorrt_dtype_names():
+    assert torch_dtype_name("FLOAT") == "float32" and torch_dtype_name("HALF") == "float16"
+    assert torch_dtype_name("INT64") == "int64"
+    with pytest.raises(CheckpointError):
+        torch_dtype_name("FP4")
+
+
+# --------------------------------------------------------------------------- mixed-precision ONNX
+
+
+def test_select_modules_globs_and_errors(tiny_model):
+    model, _ = tiny_model
+    chosen = select_modules(model, ["model.decoder.dec_bbox_head.*"])
+    assert chosen and all(name.startswith("decoder.dec_bbox_head.") for name in chosen)
+    with pytest.raises(UsageError, match="names no module"):
+        select_modules(model, ["decoder.nonexistent"])
+
+
+def test_mixed_precision_module_runs_half_with_fp32_islands(tiny_model):
+    model, _ = tiny_model
+    module = MixedPrecisionDeploy(model, keep_fp32=["decoder.dec_bbox_head"]).eval()
+    assert next(module.model.backbone.parameters()).dtype == torch.float16
+    assert next(module.model.decoder.dec_bbox_head.parameters()).dtype == torch.float32
+    with torch.inference_mode():
+        labels, boxes, scores = module(torch.rand(1, 3, 320, 320), torch.tensor([[640, 480]]))
+    assert boxes.dtype == torch.float32 and scores.dtype == torch.float32 and labels.shape == (1, 300)
+
+
+def test_fp16_onnx_agrees_with_torch_within_the_fp16_tolerance(tiny_model, tmp_path):
+    """The FP16 ONNX an FP16 engine is built from, run by ONNX Runtime on the CPU."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from dfine_cli.export.onnx import check_inputs
+    from dfine_cli.models.dfine import DeployModel
+
+    model, info = tiny_model
+    path = export_mixed_precision_onnx(model, info, tmp_path / "fp16.onnx", img_size=(320, 320),
+                                       keep_fp32=["decoder.dec_bbox_head"])
+    described = describe_onnx(path)
+    assert described.precision == "fp16" and described.batch is None
+    assert described.img_size == (320, 320) and described.class_names == info.class_names
+    proto = onnx.load(str(path))
+    kinds = {t.data_type for t in proto.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in kinds and onnx.TensorProto.FLOAT in kinds
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["keep_fp32"]) == [
+        "decoder.dec_bbox_head"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = DeployModel(model).eval()
+    for batch in (1, 2):
+        images, sizes = check_inputs(batch, (320, 320), seed=batch)
+        with torch.inference_mode():
+            expected = tuple(t.numpy() for t in reference(images, sizes))
+        actual = session.run(["labels", "boxes", "scores"],
+                             {"images": images.numpy(), "orig_target_sizes": sizes.numpy()})
+        assert check_outputs(expected, tuple(actual), TOLERANCES["fp16"]).passed
+        # and it is really half precision: the strict FP32 policy notices
+        assert check_outputs(expected, tuple(actual), TOLERANCES["fp32"]).max_score_diff > 0
+
+
+def test_describe_onnx_rejects_old_opset(tiny_model, tmp_path):
+    pytest.importorskip("onnx")
+    from dfine_cli.export.onnx import export_onnx
+
+    model, info = tiny_model
+    path = export_onnx(model, info, tmp_path / "old.onnx", img_size=(320, 320), opset=16,
+                       check=False, simplify=False).path
+    with pytest.raises(UsageError, match="opset"):
+        describe_onnx(path)
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU_TRT, reason="needs an NVIDIA GPU and TensorRT")
+@pytest.mark.parametrize("fp16", [False, True])
+def test_build_and_run_engine(ckpt, tmp_path, fp16):
+    from dfine_cli.detector import Detector
+    from dfine_cli.export.tensorrt import export_engine
+
+    out = tmp_path / ("fp16.engine" if fp16 else "fp32.engine")
+    report = export_engine(ckpt, out, fp16=fp16, min_batch=1, opt_batch=2, max_batch=4,
+                           keep_fp32=["decoder.dec_bbox_head"] if fp16 else ())
+    assert out.is_file() and engine_sidecar(out).is_file()
+    assert report.checks and all(c.passed for c in report.checks)
+    det = Detector.load(out, backend="tensorrt", device="cuda")
+    assert det.class_names == ["thing0", "thing1", "thing2"]
+    results = det.predict([np.zeros((240, 320, 3), np.uint8)] * 3, conf=0.0, batch_size=3)
+    assert len(results) == 3 and len(results[0]) == 300
