@@ -26,7 +26,7 @@ def demo(
     handle_errors(_demo)(output, epochs, images, img_size, seed, export, json_out)
 
 
-def _demo(output, epochs, images, img_size, seed, export, json_out) -> None:  # noqa: ANN001
+def _demo(output, epochs, images, img_size, seed, export, json_out) -> None:
     from dfine_cli.demo import run_demo
     from dfine_cli.errors import UsageError
     from dfine_cli.fileio import next_run_dir

@@ -67,10 +67,10 @@ _HINTS = typing.get_type_hints(TrainConfig)
 def _coerce(key: str, value: Any) -> Any:
     """Convert ``value`` (from YAML or a ``--set`` string) to the field's type."""
     hint = _HINTS[key]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    base, optional = hint, False
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        optional = type(None) in args
         base = next(a for a in args if a is not type(None))
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
         if optional:

@@ -283,8 +283,9 @@ class MixedPrecisionDeploy(nn.Module):
         model.half()
         for module in kept.values():
             module.float()
-            module.register_forward_pre_hook(_to_fp32_inputs, with_kwargs=True)
-            module.register_forward_hook(_to_fp16_output)
+            for unit in _called_units(module):
+                unit.register_forward_pre_hook(_to_fp32_inputs, with_kwargs=True)
+                unit.register_forward_hook(_to_fp16_output)
         self.kept = sorted(kept)
         self.model = model
         self.postprocessor = PostProcessor(top_k)
@@ -292,6 +293,13 @@ class MixedPrecisionDeploy(nn.Module):
     def forward(self, images: Tensor, orig_target_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out = self.model(images.half())
         return self.postprocessor(out.logits.float(), out.boxes.float(), orig_target_sizes)
+
+
+def _called_units(module: nn.Module) -> list[nn.Module]:
+    """The modules that are actually called: a ModuleList/ModuleDict never is, its items are."""
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        return [unit for child in module.children() for unit in _called_units(child)]
+    return [module]
 
 
 def _to_fp32_inputs(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
