@@ -146,3 +146,51 @@ def test_bad_dataset_fails_before_training(tiny_data, tmp_path):
     with pytest.raises(DataError):
         train(tiny_config(broken, tmp_path / "run"))
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+SLOW_SAVE = """
+import io, os, sys, time, torch
+import dfine_cli.checkpoint as ck
+real_save = torch.save
+calls = {"n": 0}
+def slow_save(obj, path, *a, **k):
+    calls["n"] += 1
+    buf = io.BytesIO(); real_save(obj, buf); data = buf.getvalue()
+    with open(path, "wb") as fh:
+        fh.write(data[: len(data) // 2]); fh.flush()
+        if calls["n"] >= 3:
+            sys.stderr.write("WRITING\\n"); sys.stderr.flush(); time.sleep(60)
+        fh.write(data[len(data) // 2 :])
+ck.torch.save = slow_save
+from dfine_cli.cli.main import main
+sys.argv = ["dfine"] + sys.argv[1:]
+main()
+"""
+
+
+def test_kill_during_checkpoint_write_keeps_previous_and_resumes(tiny_data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_data), "--epochs", "2", "--img-size", "320", "--batch-size", "4",
+            "--workers", "0", "--device", "cpu", "--output", str(out), "--set", "num_denoising=20",
+            "--set", "save_every_steps=1"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, *args], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.strip() == "WRITING":
+            break
+    before = (out / "last.pth").read_bytes()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "last.pth").read_bytes() == before
+    state = read_checkpoint(out / "last.pth").training
+    assert state is not None
+    res = subprocess.run([sys.executable, "-m", "dfine_cli", "train", "--resume", str(out), "--json"],
+                         capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert read_checkpoint(out / "last.pth").training["epoch"] == 2
+    assert not list(out.glob(".*.tmp*"))

@@ -167,6 +167,10 @@ class OpenVINOBackend:
         )
 
     def runtime_precision(self) -> str:
-        """The precision OpenVINO actually runs (read back from a compiled model)."""
+        """The precision OpenVINO actually runs (``fp32``, ``bf16``...), read back from a
+        compiled model."""
         compiled, _ = self._request(self._fixed_batch or 1)
-        return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        value = compiled.get_property("INFERENCE_PRECISION_HINT")
+        name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+        ours = {v: k for k, v in OPENVINO_PRECISIONS.items()}
+        return ours.get(name, name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +22,6 @@ from dfine_cli.bench.latency import Stats
 from dfine_cli.detector import Detector, preprocess
 from dfine_cli.errors import DataError, UsageError
 from dfine_cli.media import IMAGE_SUFFIXES, read_image_rgb
-
-T = TypeVar("T")
 
 #: The official script's figures: warm-up runs and images timed.
 OFFICIAL_WARMUP = 1000
@@ -76,7 +74,7 @@ def coco_latency(
     *,
     warmup: int = OFFICIAL_WARMUP,
     clock: Callable[[], float] | None = None,
-    progress: Callable[[Iterable[T], str, int], Iterator[T]] | None = None,
+    progress: Callable[..., Iterator[Any]] | None = None,
 ) -> CocoLatency:
     """Time ``detector``'s backend on each image of ``paths`` after ``warmup`` runs."""
     import time

@@ -44,6 +44,15 @@ def train(
     seed: int = typer.Option(None, help="Random seed [default: 0]."),
     eval_every: int = typer.Option(None, "--eval-every", min=1, help="Evaluate every N epochs [default: 1]."),
     freeze_backbone: bool = typer.Option(None, "--freeze-backbone/--no-freeze-backbone", help="Freeze the backbone's weights."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Worker processes on this machine (torchrun launcher)."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines in the job."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's rank (0..nnodes-1)."),
+    rdzv_endpoint: str = typer.Option(None, "--rdzv-endpoint", help="host:port of node 0's rendezvous (multi-node)."),
+    master_addr: str = typer.Option(None, "--master-addr", help="Alias: node 0's address (with --master-port)."),
+    master_port: int = typer.Option(29500, "--master-port", help="Port with --master-addr."),
+    dist_backend: str = typer.Option(None, "--dist-backend", help="nccl or gloo [default: nccl on CUDA, gloo on CPU]."),
+    dist_timeout: float = typer.Option(1800.0, "--dist-timeout", min=1.0, help="Seconds before a stuck collective (dead peer) fails the run."),
+    max_restarts: int = typer.Option(0, "--max-restarts", min=0, help="Restart all workers this many times after a failure; they resume from last.pth."),
     config: Path = typer.Option(None, "--config", help="YAML file with any of these settings."),
     set_: list[str] = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
@@ -61,7 +70,14 @@ def train(
         "output": str(output) if output else None, "name": name, "seed": seed,
         "eval_every": eval_every, "freeze_backbone": freeze_backbone,
     }
-    handle_errors(_train)({k: v for k, v in given.items() if v is not None}, config, set_ or [], json_out)
+    from dfine_cli.engine.distributed import LaunchOptions
+
+    endpoint = rdzv_endpoint or (f"{master_addr}:{master_port}" if master_addr else None)
+    launch = LaunchOptions(nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                           rdzv_endpoint=endpoint, backend=dist_backend, timeout_s=dist_timeout,
+                           max_restarts=max_restarts)
+    handle_errors(_train)({k: v for k, v in given.items() if v is not None}, config, set_ or [],
+                          json_out, launch)
 
 
 def build_config(flags: dict[str, Any], config: Path | None, sets: list[str]) -> Any:
@@ -75,19 +91,44 @@ def build_config(flags: dict[str, Any], config: Path | None, sets: list[str]) ->
     return cfg if cfg.resume else validate(cfg)
 
 
-def _train(flags: dict[str, Any], config: Path | None, sets: list[str], json_out: bool) -> None:
+def _train(flags: dict[str, Any], config: Path | None, sets: list[str], json_out: bool,
+           launch: Any) -> None:
+    import dataclasses
+
+    from dfine_cli.cli._common import is_verbose
+    from dfine_cli.engine import distributed
+    from dfine_cli.engine.trainer import resolve_resume
     from dfine_cli.engine.trainer import train as run_train
+    from dfine_cli.fileio import next_run_dir
 
     cfg = build_config(flags, config, sets)
-    result = run_train(cfg, progress=lambda it, desc, total: track(it, desc, total))
-    summary = {
-        "command": "train", "run_dir": str(result.run_dir), "epochs_run": result.epochs_run,
-        "best_metric": result.best_metric, "best_epoch": result.best_epoch,
-        "last_checkpoint": str(result.last_checkpoint),
-        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-        "stopped_early": result.stopped_early, "skipped_steps": result.skipped_steps,
-    }
+    external = distributed.env_world()
+    processes = launch.nproc_per_node * launch.nnodes
+    if external is not None and external[1] > 1:
+        # Started by an external torchrun: this process is one worker.
+        backend = launch.backend or distributed.default_backend(cfg.device)
+        summary = distributed.run_worker(cfg.to_dict() | {"_verbose": is_verbose()}, backend, launch.timeout_s)
+        if external[0] != 0:
+            return
+    elif processes > 1:
+        if cfg.resume:
+            resumed = resolve_resume(cfg.resume, cfg.name)
+            cfg = dataclasses.replace(cfg, output=str(resumed.parent), resume=str(resumed))
+        elif not cfg.output:
+            cfg = dataclasses.replace(cfg, output=str(next_run_dir("train", cfg.name)))
+        summary = distributed.launch(cfg, launch, verbose=is_verbose())
+    else:
+        result = run_train(cfg, progress=lambda it, desc, total: track(it, desc, total))
+        summary = {
+            "run_dir": str(result.run_dir), "epochs_run": result.epochs_run,
+            "best_metric": result.best_metric, "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early, "skipped_steps": result.skipped_steps,
+        }
+    run_dir = Path(summary["run_dir"])
+    summary = {"command": "train", **summary, "processes": max(processes, external[1] if external else 1),
+               "last_checkpoint": str(run_dir / "last.pth"),
+               "best_checkpoint": str(run_dir / "best.pth") if (run_dir / "best.pth").exists() else None}
     if json_out:
         print_json(summary)
     else:
-        typer.echo(f"best mAP50:95 {result.best_metric:.4f} at epoch {result.best_epoch} -> {result.run_dir}")
+        typer.echo(f"best mAP50:95 {summary['best_metric']:.4f} at epoch {summary['best_epoch']} -> {run_dir}")

@@ -231,6 +231,9 @@ class Trainer:
             self.run_dir = Path(cfg.output or ".")
         self.files = RunFiles(self.run_dir, enabled=self.dist.is_main)
         if self.dist.is_main:
+            for stale in self.run_dir.glob(".*.pth.*.tmp*"):  # left by a job killed mid-write
+                stale.unlink(missing_ok=True)
+        if self.dist.is_main:
             self.files.write_config(self.cfg.to_dict() | {"resolved": self._resolved()})
 
     def _resolved(self) -> dict[str, Any]:
@@ -339,7 +342,10 @@ class Trainer:
                 assert isinstance(out, DetectorOutput)
                 losses = self.criterion(out, tgts)
             loss = losses.total
-            if not bool(torch.isfinite(loss)):
+            finite = torch.isfinite(loss.detach()).float()
+            if self.dist.world > 1:  # every rank must skip together, or DDP would hang
+                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+            if not bool(finite > 0):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.skipped_steps += 1
                 consecutive_bad += 1
@@ -372,12 +378,17 @@ class Trainer:
             count += 1
             for k, v in losses.as_floats().items():
                 sums[k] = sums.get(k, 0.0) + v
-            sums["loss"] = sums.get("loss", 0.0) + float(loss)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             if cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0 and step + 1 < self.iters_per_epoch:
                 self.save("last.pth", epoch, step + 1)
         self.skip_batches = 0
         self.sampler.skip = 0
         avg = {k: v / max(count, 1) for k, v in sums.items()}
+        if self.dist.world > 1 and avg:  # report the mean over all processes, not rank 0's share
+            keys = sorted(avg)
+            values = torch.tensor([avg[k] for k in keys], dtype=torch.float64)
+            torch.distributed.all_reduce(values)
+            avg = {k: float(v) / self.dist.world for k, v in zip(keys, values)}
         avg["lr"] = self.optimizer.param_groups[0]["lr"]
         return avg
 

@@ -38,6 +38,7 @@ GT_COLOR = (60, 180, 75)  # RGB
 FP_COLOR = (230, 25, 25)
 FN_COLOR = (245, 130, 48)
 GALLERY_MAX_SIDE = 640
+MAX_DRAWN = 60  # detections drawn per gallery image, best first
 
 
 @dataclass(frozen=True)
@@ -115,18 +116,19 @@ def draw_errors(
             cv2.putText(canvas, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font,
                         (255, 255, 255), 1, cv2.LINE_AA)
 
-    for j, (g_box, g_label) in enumerate(zip(p.gt_boxes, p.gt_labels, strict=True)):
+    for j, g_box in enumerate(p.gt_boxes):
         if match.gt_matched[j]:
             box(g_box, GT_COLOR, thick, None)
-        else:
-            box(g_box, FN_COLOR, thick + 1, f"FN {class_names[int(g_label)]}")
-    for k, i in enumerate(keep):
+    for k, i in enumerate(keep[:MAX_DRAWN]):
         label = int(p.labels[i])
         name = class_names[label] if label < len(class_names) else str(label)
         if match.det_tp[k]:
             box(p.boxes[i], class_rgb(label), thick, f"{name} {p.scores[i]:.2f}")
         else:
             box(p.boxes[i], FP_COLOR, thick, f"FP {name} {p.scores[i]:.2f}")
+    for j, (g_box, g_label) in enumerate(zip(p.gt_boxes, p.gt_labels, strict=True)):
+        if not match.gt_matched[j]:  # on top: a missed object must stay visible
+            box(g_box, FN_COLOR, thick + 1, f"FN {class_names[int(g_label)]}")
     return canvas
 
 
@@ -173,10 +175,10 @@ def pr_curves_svg(curves: Sequence[PRCurve], class_names: Sequence[str], size: i
         color = rgb_hex(class_rgb(label))
         if len(curve.recall):
             envelope = np.maximum.accumulate(curve.precision[::-1])[::-1]
-            pts = [(0.0, float(envelope[0]))] + list(zip(curve.recall.tolist(), envelope.tolist()))
+            pts = [(0.0, float(envelope[0])), *list(zip(curve.recall.tolist(), envelope.tolist()))]
             step = max(1, len(pts) // 400)  # keep the file small for long curves
             coords = " ".join(f"{pad + r * inner:.1f},{pad + (1 - p) * inner:.1f}"
-                              for r, p in pts[::step] + [pts[-1]])
+                              for r, p in [*pts[::step], pts[-1]])
             parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{coords}"/>')
         y = pad + 14 * label
         name = html.escape(str(class_names[label]))
@@ -194,7 +196,7 @@ def confusion_html(matrix: np.ndarray, class_names: Sequence[str]) -> str:
     for i, row in enumerate(matrix):
         total = max(int(row.sum()), 1)
         cells = []
-        for j, count in enumerate(row):
+        for _j, count in enumerate(row):
             share = count / total
             style = f"background: rgba(31, 119, 180, {0.08 + 0.85 * share:.2f})" if count else ""
             cells.append(f'<td style="{style}">{int(count)}</td>')

@@ -1,0 +1,87 @@
+"""`dfine bench compare`: options, planning, and latency next to AP on a small dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from tests.helpers import tiny_checkpoint
+
+from dfine_cli.bench.compare import RunSpec, compare, parse_run, runs_for
+from dfine_cli.errors import DataError, UsageError
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    from typer.testing import CliRunner
+
+    from dfine_cli.cli.main import app
+
+    res = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(list(args), res.exit_code, res.stdout, res.stderr)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from dfine_cli.data.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic_dataset(root, num_images=10, num_classes=3, img_size=256)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("cmp") / "tiny.pth", img_size=256)
+
+
+def test_parse_run():
+    assert parse_run("openvino:BF16") == RunSpec("openvino", "bf16")
+    assert parse_run("torch") == RunSpec("torch", "fp32")
+    for bad in ("tflite", "torch:int8"):
+        with pytest.raises(UsageError):
+            parse_run(bad)
+
+
+def test_runs_for_file_types():
+    runs = [RunSpec("torch"), RunSpec("onnxruntime"), RunSpec("tensorrt")]
+    assert runs_for("m.engine", runs) == [RunSpec("tensorrt")]
+    assert runs_for("m.onnx", runs) == [RunSpec("onnxruntime")]
+    assert runs_for("m.pth", runs) == [RunSpec("torch"), RunSpec("onnxruntime")]
+
+
+def test_compare_torch_and_onnxruntime_on_a_dataset(ckpt, dataset, tmp_path):
+    pytest.importorskip("onnxruntime")
+    rows = compare([str(ckpt)], [RunSpec("torch"), RunSpec("onnxruntime")], data=dataset,
+                   threads=2, warmup=0, iters=2, work_dir=tmp_path)
+    assert [r.run.backend for r in rows] == ["torch", "onnxruntime"]
+    assert all(r.ap is not None and r.latency.samples == 2 for r in rows)
+    assert rows[0].delta_ap == 0.0
+    assert rows[1].delta_ap is not None and abs(rows[1].delta_ap) < 1e-3  # same model, same AP
+    assert rows[1].cells()[1] == "onnxruntime"
+
+
+def test_compare_validates_every_option_first(ckpt, tmp_path):
+    with pytest.raises(UsageError, match="does not run bf16"):
+        compare([str(ckpt)], [RunSpec("torch"), RunSpec("onnxruntime", "bf16")],
+                work_dir=tmp_path)
+    with pytest.raises(UsageError, match="not found"):
+        compare([str(tmp_path / "nope.pth")], [RunSpec("torch")], work_dir=tmp_path)
+
+
+def test_compare_rejects_a_model_of_other_classes(dataset, tmp_path):
+    with pytest.raises(DataError, match="classes"):
+        compare(["n"], [RunSpec("torch")], data=dataset, img_size=256, warmup=0, iters=1,
+                work_dir=tmp_path)
+
+
+def test_compare_cli_json(ckpt):
+    res = run("bench", "compare", str(ckpt), "--run", "torch", "--run", "torch:bf16",
+              "--warmup", "0", "--iters", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    payload = json.loads(res.stdout)
+    assert payload["schema_version"] == 1 and [r["precision"] for r in payload["rows"]] == [
+        "fp32", "bf16"]
+    assert payload["rows"][0]["AP"] is None
+    assert run("bench", "compare", str(ckpt), "--run", "cuda").returncode == 2

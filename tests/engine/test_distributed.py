@@ -1,0 +1,206 @@
+"""Multi-process training on CPU with gloo (2 processes, tiny model, synthetic data).
+
+Tolerance for "2 processes equal 1 process": BatchNorm statistics are per process (no
+SyncBatchNorm on CPU), so the runs are not bit-identical; the first epoch's mean loss must
+agree within 10% and the final mAP within 0.05 absolute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfine_cli.checkpoint import read_checkpoint
+from dfine_cli.data.synth import make_synthetic_dataset
+from dfine_cli.engine.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dist-data")
+    make_synthetic_dataset(root, num_images=12, num_classes=3, seed=2, img_size=320)
+    return root
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), model="n", epochs=1, batch_size=4, img_size=320, workers=0,
+                device="cpu", output=str(out), seed=5, num_denoising=20)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _launch(entry, args, nproc: int = 2):
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from dfine_cli.engine.distributed import _free_port
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="t",
+                          rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+                          rdzv_configs={"rank": 0}, max_restarts=0, monitor_interval=0.2,
+                          start_method="spawn")
+    return elastic_launch(config, entry)(*args)
+
+
+def param_checksum_worker(cfg_dict):
+    """Train one epoch and record a checksum of the parameters after every optimizer step."""
+    from dfine_cli.engine.distributed import ddp_wrapper, env_world, init_process_group
+    from dfine_cli.engine.trainer import DistInfo, Trainer
+
+    torch.set_num_threads(1)
+    rank, world, local = env_world()
+    init_process_group("gloo", 120)
+    trainer = Trainer(TrainConfig(**cfg_dict), dist=DistInfo(rank, world, local),
+                      ddp_wrap=ddp_wrapper(torch.device("cpu")))
+    sums: list[str] = []
+    trainer.setup()
+    real_step = trainer.optimizer.step
+
+    def step(*a, **k):
+        out = real_step(*a, **k)
+        h = hashlib.sha256()
+        for p in trainer.model.parameters():
+            h.update(p.detach().numpy().tobytes())
+        sums.append(h.hexdigest())
+        return out
+
+    trainer.optimizer.step = step
+    trainer.setup = lambda: None  # already set up
+    result = trainer.fit()
+    torch.distributed.destroy_process_group()
+    return {"sums": sums, "history": result.history}
+
+
+def test_parameters_stay_identical_across_ranks(data, tmp_path):
+    results = _launch(param_checksum_worker, (_cfg(data, tmp_path / "run").to_dict(),))
+    assert results[0]["sums"] and results[0]["sums"] == results[1]["sums"]
+
+
+def test_two_processes_match_one_process(data, tmp_path):
+    from dfine_cli.engine.trainer import train
+
+    single = train(_cfg(data, tmp_path / "one"))
+    results = _launch(param_checksum_worker, (_cfg(data, tmp_path / "two").to_dict(),))
+    two = results[0]["history"][-1]
+    one = single.history[-1]
+    assert abs(two["loss"] - one["loss"]) <= 0.10 * abs(one["loss"])
+    assert abs(two["val_AP"] - one["val_AP"]) <= 0.05
+
+
+def eval_worker(annotations: str, images: str):
+    """Evaluate a fixed tiny model on a split sharded over the ranks."""
+    from dfine_cli.engine.distributed import env_world, init_process_group
+    from dfine_cli.engine.evaluate import eval_loader, make_eval_split, run_evaluation
+    from dfine_cli.engine.trainer import EpochSampler
+    from dfine_cli.models.build import build_model
+    from dfine_cli.models.dfine import DeployModel
+
+    torch.set_num_threads(1)
+    world = env_world()
+    init_process_group("gloo", 120) if world else None
+    rank, size = (world[0], world[1]) if world else (0, 1)
+    torch.manual_seed(0)
+    module = DeployModel(build_model("n", num_classes=3, num_layers=1).eval())
+    split = make_eval_split(Path(images), Path(annotations), 320)
+    sampler = EpochSampler(len(split.dataset), 0, rank, size, shuffle=False)
+    loader = eval_loader(split.dataset, 2, 0, sampler=sampler)
+    seen = [int(t["image_id"]) for _, targets in loader for t in targets]
+
+    @torch.inference_mode()
+    def predict(images, sizes):
+        return module(images, sizes)
+
+    result = run_evaluation(predict, split, loader)
+    if world:
+        torch.distributed.destroy_process_group()
+    return {"stats": result.stats, "seen": seen, "num_images": result.num_images}
+
+
+def test_distributed_eval_counts_every_image_once(data, tmp_path):
+    ann = json.loads((data / "annotations" / "instances_train.json").read_text())
+    ann["images"] = ann["images"][:5]
+    keep = {im["id"] for im in ann["images"]}
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in keep]
+    path = tmp_path / "five.json"
+    path.write_text(json.dumps(ann))
+    images = str(data / "images" / "train")
+    single = eval_worker(str(path), images)
+    results = _launch(eval_worker, (str(path), images))
+    seen = results[0]["seen"] + results[1]["seen"]
+    assert len(seen) == 6 and len(set(seen)) == 5  # one image padded in, evaluated once
+    assert results[0]["num_images"] == 5
+    for key, value in single["stats"].items():
+        assert results[0]["stats"][key] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
+    kids = {int(p): (int(pp), a) for p, pp, *rest in rows for a in [rest[0] if rest else ""]}
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (pp, args) in kids.items():
+            if pp == parent:
+                frontier.append(child)
+                if "spawn_main" in args:  # torchelastic's worker processes
+                    found.append(child)
+    return sorted(found)
+
+
+def _start_training(data: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "dfine_cli", "train", "--data", str(data), "--epochs", "3",
+           "--img-size", "320", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+           "--output", str(out), "--nproc-per-node", "2", "--set", "save_every_steps=1",
+           "--set", "num_denoising=20", "--json", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NO_COLOR": "1"})
+
+
+def _wait_for_checkpoint(path: Path, proc: subprocess.Popen[str], timeout: float = 400) -> None:
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() - start < timeout, "no checkpoint appeared"
+        time.sleep(0.5)
+
+
+def test_killed_worker_without_restarts_fails_in_bounded_time(data, tmp_path):
+    out = tmp_path / "run"
+    proc = _start_training(data, out, "--dist-timeout", "30")
+    _wait_for_checkpoint(out / "last.pth", proc)
+    workers = _children(proc.pid)
+    if len(workers) != 2:
+        proc.kill()
+    assert len(workers) == 2, workers
+    killed_at = time.time()
+    os.kill(workers[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=30 + 120)
+    assert proc.returncode == 7, err[-2000:]
+    assert time.time() - killed_at < 30 + 120
+    assert "rank" in err and "failed" in err
+    assert read_checkpoint(out / "last.pth").training is not None
+    for w in workers:
+        assert not Path(f"/proc/{w}").exists() or "zombie" in Path(f"/proc/{w}/status").read_text().lower()
+
+
+def test_killed_worker_with_restart_resumes_and_completes(data, tmp_path):
+    out = tmp_path / "run"
+    proc = _start_training(data, out, "--max-restarts", "1", "--dist-timeout", "30")
+    _wait_for_checkpoint(out / "last.pth", proc)
+    workers = _children(proc.pid)
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(stdout)
+    assert summary["epochs_run"] == 3
+    assert "resuming" in err
+    assert read_checkpoint(out / "last.pth").training["epoch"] == 3
