@@ -94,29 +94,16 @@ def export_onnx(
         raise ExportError(f"image size must be a multiple of 32, got {img_size}")
     output = Path(output)
     module = DeployModel(_fused(model)).eval()
-    images, sizes = check_inputs(1, img_size)
-    axes = {name: {0: "N"} for name in INPUT_NAMES + OUTPUT_NAMES} if dynamic_batch else None
-    report = ExportReport(output, opset, img_size, dynamic_batch, simplified=False)
+    report = ExportReport(output, opset, img_size, dynamic_batch, simplified=simplify)
     with atomic_path(output) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    module, (images, sizes), str(tmp), input_names=INPUT_NAMES,
-                    output_names=OUTPUT_NAMES, dynamic_axes=axes, opset_version=opset,
-                    do_constant_folding=True, dynamo=False,
-                )
-            except Exception as exc:  # the exporter raises many types
-                raise ExportError(f"torch.onnx.export failed: {str(exc).splitlines()[0][:200]}") from exc
-        proto = onnx.load(str(tmp))
+        proto = trace_to_onnx(module, tmp, img_size, opset, dynamic_batch, "torch.onnx.export")
         try:
             onnx.checker.check_model(proto)
         except Exception as exc:
             raise ExportError(f"the exported graph is invalid: {str(exc).splitlines()[0][:200]}") from exc
         if simplify:
-            proto = _simplify(proto)
-            report.simplified = True
-        _add_metadata(proto, info, img_size)
+            proto = simplify_onnx(proto)
+        onnx.helper.set_model_props(proto, model_metadata(info, img_size))
         onnx.save(proto, str(tmp))
         if check:
             batches = (1, 3) if dynamic_batch else (1,)
@@ -153,7 +140,7 @@ def _fused(model: DFINE) -> DFINE:
     return copy.deepcopy(model).cpu().float().eval().fuse()
 
 
-def _simplify(proto):
+def simplify_onnx(proto):
     slim = require("onnxslim", "onnx")
     try:
         return slim.slim(proto)  # type: ignore[attr-defined]
@@ -161,8 +148,9 @@ def _simplify(proto):
         raise ExportError(f"onnxslim failed: {str(exc).splitlines()[0][:200]}") from exc
 
 
-def _add_metadata(proto, info: ModelInfo, img_size: tuple[int, int]) -> None:
-    entries = {
+def model_metadata(info: ModelInfo, img_size: tuple[int, int], **extra: str) -> dict[str, str]:
+    """The metadata every exported file carries (class names, ids, input size, ...)."""
+    return {
         "producer": f"dfine {__version__}",
         "model": f"dfine-{info.config.name}",
         "variant": info.variant,
@@ -170,11 +158,29 @@ def _add_metadata(proto, info: ModelInfo, img_size: tuple[int, int]) -> None:
         "category_ids": json.dumps([int(i) for i in info.category_ids]),
         "img_size": json.dumps(list(img_size)),
         "preprocessing": json.dumps(info.preprocessing),
+        **extra,
     }
-    del proto.metadata_props[:]
-    for key, value in entries.items():
-        prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
+
+
+def trace_to_onnx(
+    module: torch.nn.Module, path: Path, img_size: tuple[int, int], opset: int,
+    dynamic_batch: bool, what: str = "ONNX export",
+):
+    """Trace ``module`` (the deploy contract) to ``path`` with the official names and axes."""
+    onnx = require("onnx", "onnx")
+    images, sizes = check_inputs(1, img_size)
+    axes = {name: {0: "N"} for name in INPUT_NAMES + OUTPUT_NAMES} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module, (images, sizes), str(path), input_names=INPUT_NAMES,
+                output_names=OUTPUT_NAMES, dynamic_axes=axes, opset_version=opset,
+                do_constant_folding=True, dynamo=False,
+            )
+        except Exception as exc:  # the exporter raises many types
+            raise ExportError(f"{what} failed: {str(exc).splitlines()[0][:200]}") from exc
+    return onnx.load(str(path))
 
 
 def onnx_summary(path: Path) -> dict[str, object]:

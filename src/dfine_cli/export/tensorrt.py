@@ -21,7 +21,6 @@ import fnmatch
 import json
 import logging
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +30,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dfine_cli import __version__
 from dfine_cli.checkpoint import ModelInfo
 from dfine_cli.errors import ExportError, UsageError, require
 from dfine_cli.export.compare import compare_detections
-from dfine_cli.export.onnx import INPUT_NAMES, OUTPUT_NAMES, check_inputs
+from dfine_cli.export.onnx import (
+    INPUT_NAMES,
+    check_inputs,
+    model_metadata,
+    simplify_onnx,
+    trace_to_onnx,
+)
 from dfine_cli.fileio import atomic_path, write_json
 from dfine_cli.models.dfine import DFINE
 from dfine_cli.models.postprocess import PostProcessor
@@ -329,39 +333,13 @@ def export_mixed_precision_onnx(
     onnx = require("onnx", "onnx")
     output = Path(output)
     module = MixedPrecisionDeploy(model, keep_fp32).eval()
-    images, sizes = check_inputs(1, img_size)
-    axes = {name: {0: "N"} for name in INPUT_NAMES + OUTPUT_NAMES} if dynamic_batch else None
     with atomic_path(output) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    module, (images, sizes), str(tmp), input_names=INPUT_NAMES,
-                    output_names=OUTPUT_NAMES, dynamic_axes=axes, opset_version=opset,
-                    do_constant_folding=True, dynamo=False,
-                )
-            except Exception as exc:  # the exporter raises many types
-                raise ExportError(
-                    f"FP16 ONNX export failed: {str(exc).splitlines()[0][:200]}"
-                ) from exc
-        proto = onnx.load(str(tmp))
+        proto = trace_to_onnx(module, tmp, img_size, opset, dynamic_batch, "FP16 ONNX export")
         if simplify:
-            slim = require("onnxslim", "onnx")
-            try:
-                proto = slim.slim(proto)
-            except Exception as exc:
-                raise ExportError(f"onnxslim failed: {str(exc).splitlines()[0][:200]}") from exc
-        onnx.helper.set_model_props(proto, {
-            "producer": f"dfine {__version__}",
-            "model": f"dfine-{info.config.name}",
-            "variant": info.variant,
-            "class_names": json.dumps(list(info.class_names)),
-            "category_ids": json.dumps([int(i) for i in info.category_ids]),
-            "img_size": json.dumps(list(img_size)),
-            "preprocessing": json.dumps(info.preprocessing),
-            "precision": "fp16",
-            "keep_fp32": json.dumps(module.kept),
-        })
+            proto = simplify_onnx(proto)
+        onnx.helper.set_model_props(
+            proto, model_metadata(info, img_size, precision="fp16", keep_fp32=json.dumps(module.kept))
+        )
         onnx.save(proto, str(tmp))
     return output
 
