@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.helpers import tiny_checkpoint
 
 from dfine_cli.backends.openvino_backend import check_precision_supported, openvino_device
 from dfine_cli.errors import CheckpointError, HardwareError, UsageError
 from dfine_cli.export.compare import compare_detections
+from tests.helpers import tiny_checkpoint
 
 IMG = 256
 

@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.helpers import tiny_checkpoint
 
 from dfine_cli.bench.compare import RunSpec, compare, parse_run, runs_for
 from dfine_cli.errors import DataError, UsageError
+from tests.helpers import tiny_checkpoint
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers import tiny_checkpoint
 
 from dfine_cli.backends.base import BackendMeta
 from dfine_cli.bench.latency import (
@@ -24,6 +23,7 @@ from dfine_cli.bench.latency import (
 )
 from dfine_cli.detector import Detector
 from dfine_cli.errors import UsageError
+from tests.helpers import tiny_checkpoint
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

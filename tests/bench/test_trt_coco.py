@@ -8,10 +8,10 @@ import sys
 from itertools import count
 
 import pytest
-from tests.conftest import write_jpeg
 
 from dfine_cli.bench.trt_coco import coco_latency, list_images
 from dfine_cli.errors import DataError, UsageError
+from tests.conftest import write_jpeg
 
 
 def test_list_images_sorted_and_limited(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.conftest import write_jpeg
 from tests.helpers import tiny_checkpoint
 

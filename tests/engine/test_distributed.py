@@ -204,3 +204,15 @@ def test_killed_worker_with_restart_resumes_and_completes(data, tmp_path):
     assert summary["epochs_run"] == 3
     assert "resuming" in err
     assert read_checkpoint(out / "last.pth").training["epoch"] == 3
+
+
+def test_external_torchrun_runs_each_process_as_a_worker(data, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "dfine_cli",
+           "train", "--data", str(data), "--epochs", "1", "--img-size", "320", "--batch-size", "4",
+           "--workers", "0", "--device", "cpu", "--output", str(out), "--set", "num_denoising=20", "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["processes"] == 2
+    assert read_checkpoint(out / "last.pth").training["epoch"] == 1

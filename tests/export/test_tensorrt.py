@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.helpers import tiny_checkpoint
 
 from dfine_cli.backends.tensorrt_backend import (
     EngineInfo,
@@ -35,6 +34,7 @@ from dfine_cli.export.tensorrt import (
     select_modules,
     tolerance_for,
 )
+from tests.helpers import tiny_checkpoint
 
 HAS_GPU_TRT = torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.models.hf_helpers import make_hf_dfine_config, randomize_
-from tests.models.reference_weights import read_manifest
 
 from dfine_cli.errors import CheckpointError
 from dfine_cli.models.hf_convert import (
@@ -20,6 +18,8 @@ from dfine_cli.models.hf_convert import (
     read_hf_checkpoint,
     spec_from_state_dict_shapes,
 )
+from tests.models.hf_helpers import make_hf_dfine_config, randomize_
+from tests.models.reference_weights import read_manifest
 
 transformers = pytest.importorskip("transformers")
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.models.hf_helpers import calibrate_batchnorm_, make_hf_dfine_config, randomize_
 
 from dfine_cli.checkpoint import load_weights, read_checkpoint
 from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.outputs import HeadOutput
 from dfine_cli.models.presets import ModelConfig
+from tests.models.hf_helpers import calibrate_batchnorm_, make_hf_dfine_config, randomize_
 
 transformers = pytest.importorskip("transformers")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import require_reference
-from tests.models.reference_weights import keyed_state_dict, read_manifest
 
 from dfine_cli.checkpoint import infer_config, load_weights, read_checkpoint
 from dfine_cli.errors import CheckpointError
 from dfine_cli.models.build import build_model, build_model_from_config
 from dfine_cli.models.presets import SIZES
+from tests.conftest import require_reference
+from tests.models.reference_weights import keyed_state_dict, read_manifest
 
 DERIVED = ("decoder.anchors", "decoder.valid_mask", "decoder.decoder.up",
            "decoder.decoder.reg_scale")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import require_reference
 
 from dfine_cli import Detector
 from dfine_cli.checkpoint import read_checkpoint
 from dfine_cli.models.dfine import DeployModel
+from tests.conftest import require_reference
 
 
 def assert_detections_match(labels, boxes, scores, exp_labels, exp_boxes, exp_scores,

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import tiny_checkpoint
 
 from dfine_cli.bench.accuracy import evaluate_predictions
 from dfine_cli.viz.report import image_errors, worst_images, write_report
+from tests.helpers import tiny_checkpoint
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

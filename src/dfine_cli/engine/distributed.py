@@ -63,7 +63,22 @@ def init_process_group(backend: str, timeout_s: float) -> None:
         raise DependencyError("the nccl backend needs CUDA GPUs; use --dist-backend gloo on CPU")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    world = env_world()
+    if world is None or "MASTER_ADDR" not in os.environ:
+        dist.init_process_group(backend=backend, timeout=timeout)
+        return
+    rank, size, _ = world
+    # Keys under a per-attempt prefix: after a torchelastic restart, peers must never read
+    # the addresses the previous (dead) attempt published in the same store.
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+        is_master=(rank == 0 and not agent_store), timeout=timeout,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"dfine/attempt_{attempt}", store),
+                            rank=rank, world_size=size, timeout=timeout)
 
 
 def ddp_wrapper(device: torch.device, sync_bn: bool = True) -> Callable[[nn.Module], nn.Module]:
