@@ -63,11 +63,13 @@ def main() -> None:
     for size in args.sizes:
         det = Detector.from_preset(size, num_classes=80, img_size=hw)
         module = det.deploy_module(fuse=args.fuse)
+        if args.fuse:
+            module.use_channels_last()
         images = torch.rand(1, 3, *hw)
         sizes = torch.tensor([[hw[1], hw[0]]])
 
         t = measure(partial(run_torch, module, images, sizes), args.warmup, args.iters)
-        print(f"{size}\ttorch{'(fused)' if args.fuse else ''}\tmedian {t['median_ms']:.1f} ms"
+        print(f"{size}\ttorch{'(fused, channels-last)' if args.fuse else ''}\tmedian {t['median_ms']:.1f} ms"
               f"\tp90 {t['p90_ms']:.1f}\tmin {t['min_ms']:.1f}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"{size}.onnx"

@@ -131,6 +131,8 @@ class Detector:
         dev = resolve_device(device)
         model = model.to(dev).eval()
         deploy = DeployModel(_fused_copy(model) if fuse else model).to(dev)
+        if fuse and dev.type == "cpu":
+            deploy.use_channels_last()
         meta = BackendMeta(
             img_size=info.img_size, class_names=list(info.class_names),
             category_ids=list(info.category_ids), description=f"torch {torch.__version__} ({dev})",

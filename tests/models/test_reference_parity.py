@@ -63,10 +63,12 @@ def test_features_logits_boxes_match_official(ref):
     assert_rows_match(out.boxes, exp["pred_boxes"], 1e-4)
 
 
-@pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])
-def test_deploy_outputs_match_official(ref, fuse):
+@pytest.mark.parametrize("mode", ["plain", "fused", "fused-channels-last"])
+def test_deploy_outputs_match_official(ref, mode):
     det = Detector.from_checkpoint(ref["root"] / "dfine_n_keyed1234.pth")
-    module = det.deploy_module(fuse=fuse)
+    module = det.deploy_module(fuse=mode != "plain")
+    if mode == "fused-channels-last":
+        module.use_channels_last()
     exp = ref["dfine"]
     with torch.inference_mode():
         labels, boxes, scores = module(ref["inputs"]["images"], ref["inputs"]["orig_target_sizes"])
@@ -107,3 +109,16 @@ def test_deploy_model_is_the_official_contract(ref):
     assert labels.dtype == torch.int64 and boxes.dtype == torch.float32
     assert scores.dtype == torch.float32
     assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+
+
+def test_cached_tensors_survive_leaving_inference_mode(ref):
+    """Anchors/position/bin caches built under inference_mode must serve later grad-mode calls."""
+    det = Detector.from_checkpoint(ref["root"] / "dfine_n_keyed1234.pth")
+    module = det.deploy_module()
+    images = ref["inputs"]["images"][:1]
+    sizes = torch.tensor([[640, 480]])
+    with torch.inference_mode():
+        first = module(images, sizes)
+    with torch.no_grad():
+        second = module(images, sizes)
+    torch.testing.assert_close(first[2], second[2])

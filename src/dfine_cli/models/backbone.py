@@ -72,13 +72,22 @@ class Stem(nn.Module):
         self.stem2b = ConvBNAct(mid_ch // 2, mid_ch, 2, use_lab=use_lab)
         self.stem3 = ConvBNAct(mid_ch * 2, mid_ch, 3, stride=2, use_lab=use_lab)
         self.stem4 = ConvBNAct(mid_ch, out_ch, 1, use_lab=use_lab)
-        self.pool = nn.MaxPool2d(kernel_size=2, stride=1, ceil_mode=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.pad(self.stem1(x), (0, 1, 0, 1))
         branch = self.stem2b(F.pad(self.stem2a(x), (0, 1, 0, 1)))
-        x = torch.cat([self.pool(x), branch], dim=1)
+        x = torch.cat([_max_pool_2x2_stride1(x), branch], dim=1)
         return self.stem4(self.stem3(x))
+
+
+def _max_pool_2x2_stride1(x: Tensor) -> Tensor:
+    """``MaxPool2d(2, stride=1)`` on an input padded by one row/column (same result).
+
+    Three element-wise maxima of shifted views; on CPUs several times faster than the
+    pooling kernel, which also computes indices.
+    """
+    rows = torch.maximum(x[..., :-1, :], x[..., 1:, :])
+    return torch.maximum(rows[..., :-1], rows[..., 1:])
 
 
 class LightConvBNAct(nn.Module):

@@ -245,11 +245,12 @@ class DFineDecoder(nn.Module):
 
     # -- helpers ---------------------------------------------------------------------------
     def _project(self) -> Tensor:
-        if self.training or torch.jit.is_tracing() or self._project_cache is None:
-            project = weighting_function(self.reg_max, self.up, self.reg_scale)
-            if not self.training:
-                self._project_cache = project
-            return project
+        if self.training or torch.jit.is_tracing():
+            return weighting_function(self.reg_max, self.up, self.reg_scale)
+        if self._project_cache is None:
+            # Built outside inference mode so that the cached tensor can serve any later call.
+            with torch.inference_mode(False), torch.no_grad():
+                self._project_cache = weighting_function(self.reg_max, self.up, self.reg_scale)
         return self._project_cache
 
     def _anchors(self, shapes: list[tuple[int, int]], like: Tensor) -> tuple[Tensor, Tensor]:
@@ -258,7 +259,8 @@ class DFineDecoder(nn.Module):
         key = (tuple(shapes), like.device, like.dtype)
         cached = self._anchor_cache.get(key)
         if cached is None:
-            cached = generate_anchors(shapes, device=like.device, dtype=like.dtype)
+            with torch.inference_mode(False), torch.no_grad():
+                cached = generate_anchors(shapes, device=like.device, dtype=like.dtype)
             self._anchor_cache[key] = cached
         return cached
 

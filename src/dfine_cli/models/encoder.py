@@ -225,7 +225,10 @@ class HybridEncoder(nn.Module):
             return sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(like)
         cached = self._pos_cache.get(key)
         if cached is None:
-            cached = sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(like)
+            with torch.inference_mode(False), torch.no_grad():
+                cached = sincos_position_embedding(w, h, self.hidden_dim, self.pe_temperature).to(
+                    device=like.device, dtype=like.dtype
+                )
             self._pos_cache[key] = cached
         return cached
 
