@@ -60,6 +60,11 @@ def run_demo(
     progress: Progress | None = None,
 ) -> DemoResult:
     """Run the demo into ``output_dir`` and return where everything went."""
+    if export:  # fail before minutes of training, not after
+        from dfine_cli.errors import require
+
+        for module in ("onnx", "onnxruntime", "onnxslim"):
+            require(module, "onnx")
     output_dir.mkdir(parents=True, exist_ok=True)
     data = output_dir / "data"
     summary = make_synthetic_dataset(data, num_images=images, num_classes=3, seed=seed, img_size=img_size)
