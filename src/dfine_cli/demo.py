@@ -7,27 +7,19 @@ predict on validation images → annotated images and metrics.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from dfine_cli.data.synth import make_synthetic_dataset
 from dfine_cli.detector import Detector
 from dfine_cli.engine.config import TrainConfig
-from dfine_cli.engine.evaluate import eval_loader, make_eval_split, run_evaluation
-from dfine_cli.engine.evaluator import EvalResult
-from dfine_cli.engine.trainer import train
+from dfine_cli.engine.evaluate import evaluate_detector
+from dfine_cli.engine.trainer import Progress, train
 from dfine_cli.fileio import write_json
 from dfine_cli.predict import run_prediction
 
 log = logging.getLogger("dfine.demo")
-
-Progress = Callable[[Iterable[Any], str, int | None], Iterator[Any]]
-
 
 @dataclass
 class DemoResult:
@@ -36,16 +28,6 @@ class DemoResult:
     onnx: Path | None
     metrics: dict[str, Any]
     annotated: list[Path]
-
-
-def _evaluate_detector(det: Detector, data: Path, img_size: int) -> EvalResult:
-    split = make_eval_split(data / "images" / "val", data / "annotations" / "instances_val.json", img_size)
-    loader = eval_loader(split.dataset, 4, 0)
-
-    def predict(images: torch.Tensor, sizes: torch.Tensor) -> tuple[Any, Any, Any]:
-        return det.backend(np.ascontiguousarray(images.numpy()), sizes.numpy().astype(np.int64))
-
-    return run_evaluation(predict, split, loader)
 
 
 def run_demo(
@@ -80,7 +62,8 @@ def run_demo(
     det = Detector.from_checkpoint(checkpoint)
     metrics: dict[str, Any] = {"train": {"epochs": result.epochs_run, "best_epoch": result.best_epoch,
                                          "history": result.history}}
-    metrics["torch"] = _evaluate_detector(det, data, img_size).to_json()
+    val_images, val_ann = data / "images" / "val", data / "annotations" / "instances_val.json"
+    metrics["torch"] = evaluate_detector(det, val_images, val_ann, img_size).to_json()
     onnx_path: Path | None = None
     if export:
         from dfine_cli.export.onnx import export_onnx
@@ -88,7 +71,8 @@ def run_demo(
         assert det.model is not None and det.info is not None
         onnx_path = output_dir / "model.onnx"
         export_onnx(det.model, det.info, onnx_path, img_size=(img_size, img_size))
-        metrics["onnxruntime"] = _evaluate_detector(Detector.load(onnx_path), data, img_size).to_json()
+        onnx_det = Detector.load(onnx_path)
+        metrics["onnxruntime"] = evaluate_detector(onnx_det, val_images, val_ann, img_size).to_json()
     pred = run_prediction(det, data / "images" / "val", output_dir / "predict", conf=0.4)
     annotated = sorted((output_dir / "predict").glob("*.jpg"))
     metrics["predict"] = {"images": pred.images, "detections": pred.detections}

@@ -177,3 +177,17 @@ def test_demo(tmp_path):
     for name in ("metrics.json", "train/best.pth", "train/metrics.csv", "data/annotations/instances_val.json"):
         assert (out / name).is_file(), name
     assert list((out / "predict").glob("*.jpg"))
+
+
+def test_eval_cli_json_and_files(ckpt, tmp_path):
+    from dfine_cli.data.synth import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "data", num_images=10, num_classes=3, seed=4, img_size=320)
+    res = run("eval", str(ckpt), "--data", str(tmp_path / "data"), "--json", "--output", str(tmp_path / "ev"),
+              "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    payload = json.loads(res.stdout)
+    assert payload["schema_version"] == 1 and set(payload["stats"]) >= {"AP", "AP50", "ARl"}
+    assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "per_class.csv").is_file()
+    wrong = run("eval", str(ckpt), "--data", str(tmp_path / "nowhere"))
+    assert wrong.returncode in (2, 3) and wrong.stderr.startswith("error:")

@@ -31,12 +31,9 @@ def evaluate(
 
 def _evaluate(weights, data, split, backend, device, batch_size, img_size, workers, variant,
               evaluator, output, json_out) -> None:
-    import numpy as np
-    import torch
-
     from dfine_cli.data.cocofile import resolve_dataset
     from dfine_cli.detector import Detector, check_img_size
-    from dfine_cli.engine.evaluate import eval_loader, make_eval_split, run_evaluation
+    from dfine_cli.engine.evaluate import evaluate_detector
     from dfine_cli.errors import UsageError
     from dfine_cli.fileio import next_run_dir
 
@@ -47,17 +44,9 @@ def _evaluate(weights, data, split, backend, device, batch_size, img_size, worke
     if det.model is None and tuple(size) != tuple(det.img_size):
         raise UsageError(f"this exported model has a fixed input size {det.img_size}")
     located = resolve_dataset(data, split)
-    eval_split = make_eval_split(located.images_dir, located.annotations, size[0])
-    if len(det.class_names) != eval_split.dataset.num_classes:
-        raise UsageError(f"the model has {len(det.class_names)} classes but {data} has "
-                         f"{eval_split.dataset.num_classes}")
-    loader = eval_loader(eval_split.dataset, batch_size, workers)
-
-    def predict(images: torch.Tensor, sizes: torch.Tensor):
-        return det.backend(np.ascontiguousarray(images.numpy()), sizes.numpy().astype(np.int64))
-
-    result = run_evaluation(predict, eval_split, loader, backend=evaluator,
-                            progress=lambda it, desc, total: track(it, desc, total), total=len(loader))
+    result = evaluate_detector(det, located.images_dir, located.annotations, size[0],
+                               batch_size=batch_size, workers=workers, backend=evaluator,
+                               progress=lambda it, desc, total: track(it, desc, total))
     out_dir = Path(output) if output else next_run_dir("eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     result.write_json(out_dir / "metrics.json")

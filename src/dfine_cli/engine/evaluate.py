@@ -74,3 +74,28 @@ def _np(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def evaluate_detector(
+    detector: Any,
+    images_dir: Path,
+    annotation_file: Path,
+    img_size: int,
+    *,
+    batch_size: int = 4,
+    workers: int = 0,
+    backend: str = "faster",
+    progress: Callable[[Iterable[Any], str, int | None], Iterator[Any]] | None = None,
+) -> EvalResult:
+    """Evaluate a :class:`~dfine_cli.detector.Detector` (any backend) on one COCO split."""
+    split = make_eval_split(images_dir, annotation_file, img_size)
+    if len(detector.class_names) != split.dataset.num_classes:
+        raise UsageError(f"the model has {len(detector.class_names)} classes but "
+                         f"{annotation_file} has {split.dataset.num_classes}")
+    loader = eval_loader(split.dataset, batch_size, workers)
+
+    def predict(images: torch.Tensor, sizes: torch.Tensor) -> tuple[Any, Any, Any]:
+        return detector.backend(np.ascontiguousarray(images.numpy()), sizes.numpy().astype(np.int64))
+
+    return run_evaluation(predict, split, loader, backend=backend, progress=progress, total=len(loader))
+
