@@ -44,3 +44,13 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Print the inference latency figures (torch vs ONNX Runtime, N and S)."""
     session.run("python", "benchmarks/bench_inference.py", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The GPU proof: CUDA tests, parity, TensorRT engines, bench trt, AMP training, DDP.
+
+    Needs ``pip install -e ".[dev,trt]"`` and an NVIDIA GPU (without one, every check is
+    skipped and the session passes). Pass options after ``--``: ``nox -s gpu -- --out gpu.json``.
+    """
+    session.run("python", "benchmarks/gpu_check.py", *session.posargs)

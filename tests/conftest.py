@@ -16,6 +16,16 @@ REFERENCE = SHARED / "reference"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def _offline_weights(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test downloads: weights names and hf: ids point at a closed loopback port, in a
+    private cache. Tests of downloads start their own server and override these."""
+    dead = "http://127.0.0.1:9/"
+    monkeypatch.setenv("DFINE_WEIGHTS_URL", dead + "dfine-tests-offline/")
+    monkeypatch.setenv("HF_ENDPOINT", dead.rstrip("/"))
+    monkeypatch.setenv("DFINE_HOME", str(tmp_path_factory.getbasetemp() / "dfine_home"))
+
+
 def require_reference() -> Path:
     if not (REFERENCE / "README.md").is_file():
         pytest.skip("../shared/reference is not available")

@@ -6,11 +6,11 @@ import os
 
 import pytest
 import torch
-from tests.helpers import tiny_checkpoint
 
 from dfine_cli.checkpoint import read_checkpoint, save_checkpoint
 from dfine_cli.detector import Detector
 from dfine_cli.errors import CheckpointError
+from tests.helpers import tiny_checkpoint
 
 
 def test_own_format_round_trip_keeps_metadata(tmp_path):
@@ -46,11 +46,21 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04broken"])
-def test_garbage_files_are_errors(tmp_path, content):
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "is empty"),
+        (b"not a checkpoint at all", "not a PyTorch file"),
+        (b"hello\n", "not a readable PyTorch file"),  # a text file: KeyError inside torch
+        (b"PK\x03\x04broken", "not a readable PyTorch file"),
+        (bytes(range(256)) * 4, "not a"),
+    ],
+    ids=["empty", "text", "text-newline", "broken-zip", "random"],
+)
+def test_garbage_files_are_not_checkpoints(tmp_path, content, why):
     path = tmp_path / "x.pth"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=f"^not a dfine/D-FINE checkpoint: .*x.pth.*{why}"):
         read_checkpoint(path)
 
 
@@ -65,7 +75,7 @@ def test_truncated_checkpoint_is_an_error(tmp_path):
 def test_unrelated_dict_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"optimizer": {"lr": 1.0}}, path)
-    with pytest.raises(CheckpointError, match="not a D-FINE/DEIM checkpoint"):
+    with pytest.raises(CheckpointError, match=r"^not a dfine/D-FINE checkpoint: .*no 'model'"):
         read_checkpoint(path)
 
 

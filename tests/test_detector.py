@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.conftest import write_jpeg
-from tests.helpers import tiny_checkpoint
 
 from dfine_cli.detector import Detector, preprocess
 from dfine_cli.errors import DataError, HardwareError, UsageError
+from tests.conftest import write_jpeg
+from tests.helpers import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,30 @@ def test_any_input_size_multiple_of_32(rgb_image):
     det = Detector.from_preset("n", num_classes=2, img_size=(256, 384))
     out = det.predict(rgb_image, conf=0.0)[0]
     assert len(out) == 300
+
+
+def test_deploy_module_is_the_fast_form_by_default():
+    """Fused (BatchNorms folded into convolutions) and channels-last on the CPU; fuse=False gives the training form."""
+    from dfine_cli.export.compare import compare_detections
+
+    det = Detector.from_preset("n", num_classes=3, img_size=320, seed=1)
+    fast = det.deploy_module()
+    assert fast.model is not det.model and fast.channels_last
+    def norms(module):
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+
+    assert all(getattr(m, "fused", True) is not None for m in fast.modules())
+    conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = det.deploy_module(fuse=False)
+    assert plain.model is det.model and not plain.channels_last
+    assert any(getattr(m, "fused", True) is None for m in plain.modules())
+    assert norms(fast) < norms(plain) / 10
+    assert not det.deploy_module(channels_last=False).channels_last
+    images = torch.rand(2, 3, 320, 320, generator=torch.Generator().manual_seed(0))
+    sizes = torch.tensor([[320, 240], [640, 480]])
+    with torch.inference_mode():
+        a = tuple(t.numpy() for t in fast(images, sizes))
+        b = tuple(t.numpy() for t in plain(images, sizes))
+    agreement = compare_detections(b, a, score_tol=1e-4, box_tol=0.05)
+    assert agreement.ok(1e-4, 0.05), agreement.describe()

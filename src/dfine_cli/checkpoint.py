@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,14 @@ from torch import Tensor
 from dfine_cli.coco_names import COCO_CATEGORY_IDS, COCO_NAMES
 from dfine_cli.errors import CheckpointError
 from dfine_cli.fileio import atomic_path
+from dfine_cli.hub.resolve import resolve_weights
 from dfine_cli.models.presets import VARIANTS, ModelConfig, preset
+from dfine_cli.obj365_names import OBJ365_HEAD_IDS, OBJ365_HEAD_NAMES
 
 log = logging.getLogger("dfine.checkpoint")
+
+NOT_A_CHECKPOINT = "not a dfine/D-FINE checkpoint"
+"""How every "this file is no model at all" message starts (``.pth`` and ``.onnx`` alike)."""
 
 FORMAT_NAME = "dfine"
 FORMAT_VERSION = 1
@@ -85,9 +89,12 @@ class ModelInfo:
 
     @staticmethod
     def default_names(num_classes: int) -> tuple[list[str], list[int]]:
-        """COCO names/ids for 80 classes, ``class_<i>`` and ids ``0..K-1`` otherwise."""
+        """COCO names/ids for 80 classes, Objects365 for the official 366-row heads,
+        ``class_<i>`` and ids ``0..K-1`` otherwise."""
         if num_classes == len(COCO_NAMES):
             return list(COCO_NAMES), list(COCO_CATEGORY_IDS)
+        if num_classes == len(OBJ365_HEAD_NAMES):
+            return list(OBJ365_HEAD_NAMES), list(OBJ365_HEAD_IDS)
         return [f"class_{i}" for i in range(num_classes)], list(range(num_classes))
 
 
@@ -111,12 +118,23 @@ def _torch_load(path: Path) -> Any:
                 f"refusing to load {path}: it contains pickled Python objects{what}, not only "
                 "weights, and loading it could run code"
             ) from exc
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (unreadable pickle data)") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {first}"
+            f"{NOT_A_CHECKPOINT}: {path} is not a PyTorch file (unreadable pickle data: {exc})"
         ) from exc
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # permission denied, a folder, I/O error: mapped by the caller's handler
+        raise CheckpointError(f"{NOT_A_CHECKPOINT}: {path}: {_first_line(exc)}") from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError... on non-checkpoints
+        what = "is empty" if path.is_file() and path.stat().st_size == 0 else (
+            f"is not a readable PyTorch file (truncated or corrupt?): {_first_line(exc)}"
+        )
+        raise CheckpointError(f"{NOT_A_CHECKPOINT}: {path} {what}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
 
 
 def _as_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -133,9 +151,9 @@ def read_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheck
 
     Raises :class:`CheckpointError` with a one-line reason for anything unusable.
     """
-    path = Path(path)
     if variant is not None and variant not in VARIANTS:
         raise CheckpointError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    path = resolve_weights(path)  # a local path wins; else an official name or hf: id
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir() or path.suffix == ".safetensors":
@@ -144,7 +162,7 @@ def read_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheck
         raise CheckpointError(f"{path} is an exported ONNX model, not a checkpoint")
     obj = _torch_load(path)
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} does not hold a checkpoint dictionary")
+        raise CheckpointError(f"{NOT_A_CHECKPOINT}: {path} does not hold a dictionary")
 
     if obj.get("format") == FORMAT_NAME:
         return _read_ours(obj, path, variant)
@@ -157,7 +175,7 @@ def read_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheck
     else:
         keys = ", ".join(sorted(map(str, obj))[:6])
         raise CheckpointError(
-            f"{path} is not a D-FINE/DEIM checkpoint: no 'model', 'ema' or 'format' entry "
+            f"{NOT_A_CHECKPOINT}: {path} has no 'model', 'ema' or 'format' entry "
             f"(top-level keys: {keys})"
         )
     cfg = infer_config(state, variant=variant or "dfine")
@@ -228,7 +246,7 @@ def _read_transformers(path: Path, variant: str | None) -> LoadedCheckpoint:
 # -- size detection ------------------------------------------------------------------------
 def _shape(state: dict[str, Tensor], key: str) -> tuple[int, ...]:
     if key not in state:
-        raise CheckpointError(f"not a D-FINE checkpoint: key '{key}' is missing")
+        raise CheckpointError(f"{NOT_A_CHECKPOINT}: key '{key}' is missing")
     return tuple(state[key].shape)
 
 

@@ -1,7 +1,8 @@
 """The built-in demo: the whole life of a detector, offline, on data the package generates.
 
-Synthetic dataset → train D-FINE-N on the CPU → evaluate (torch and exported ONNX) →
-predict on validation images → annotated images and metrics.
+Synthetic dataset → train D-FINE-N from scratch on the CPU (``pretrained=False``: nothing is
+downloaded) → evaluate (torch and exported ONNX) → predict on validation images → annotated
+images and metrics.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ def run_demo(
     summary = make_synthetic_dataset(data, num_images=images, num_classes=3, seed=seed, img_size=img_size)
     log.info("synthetic dataset: %d train / %d val images -> %s", summary.train_images,
              summary.val_images, data)
+    log.info("training from scratch (no pretrained backbone, so the demo stays offline; "
+             "'dfine train' starts from ImageNet HGNetv2 weights by default)")
     result = train(
         TrainConfig(data=str(data), model="n", epochs=epochs, batch_size=batch_size,
                     img_size=img_size, workers=0, device="cpu", output=str(output_dir / "train"),
-                    seed=seed),
+                    seed=seed, pretrained=False),
         progress=progress,
     )
     checkpoint = result.best_checkpoint or result.last_checkpoint

@@ -143,11 +143,32 @@ class Detector:
     def from_checkpoint(
         cls, path: str | Path, device: str | torch.device | None = "cpu", variant: str | None = None
     ) -> Detector:
-        """Load official D-FINE/DEIM ``.pth``, transformers folders/safetensors, or ours."""
+        """Load official D-FINE/DEIM ``.pth``, transformers folders/safetensors, or ours.
+
+        ``path`` may also be a weights name (``dfine-s-coco``) or ``hf:org/repo``; an existing
+        local path always wins.
+        """
         ckpt = read_checkpoint(path, variant=variant)
         model = build_model_from_config(ckpt.info.config)
         load_weights(model, ckpt.state_dict, source=str(path))
         return cls.from_model(model, ckpt.info, device)
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str, device: str | torch.device | None = "cpu", variant: str | None = None
+    ) -> Detector:
+        """Official weights by name (``dfine-s-coco``, ``dfine-l-obj365``, ``hf:org/repo``...).
+
+        Downloads once into ``$DFINE_HOME`` (see ``dfine weights list``); class names come
+        with the name.
+        """
+        from dfine_cli.hub import WEIGHTS, is_weights_name, lookup
+
+        entry = lookup(name)
+        if not is_weights_name(name) or (entry is not None and entry.kind != "detector"):
+            names = ", ".join(n for n, e in WEIGHTS.items() if e.kind == "detector")
+            raise UsageError(f"unknown pretrained detector {name!r}; choose one of {names}, or hf:org/name")
+        return cls.from_checkpoint(name, device=device, variant=variant)
 
     @classmethod
     def from_preset(
@@ -204,11 +225,25 @@ class Detector:
     def img_size(self) -> tuple[int, int]:
         return self.backend.meta.img_size
 
-    def deploy_module(self, fuse: bool = False) -> DeployModel:
-        """The model + postprocessor as one ``nn.Module`` with the official contract."""
+    def deploy_module(self, fuse: bool = True, channels_last: bool | None = None) -> DeployModel:
+        """The model + postprocessor as one ``nn.Module`` with the official contract.
+
+        By default the fast inference form, the one ``predict`` runs: a copy with every
+        BatchNorm folded and the RepVGG blocks re-parameterised, and on the CPU NHWC
+        (channels-last) weights, which oneDNN convolutions run faster; inputs may stay
+        NCHW. ``fuse=False`` gives the training-form module (this detector's own model, not
+        a copy); ``channels_last`` forces the memory format either way (``None``: only for
+        a fused module on the CPU).
+        """
         if self.model is None:
             raise UsageError("deploy_module() needs a torch model (not an exported file)")
-        return DeployModel(_fused_copy(self.model) if fuse else self.model).eval()
+        if not fuse:
+            module = DeployModel(self.model).eval()
+            return module.use_channels_last() if channels_last else module
+        module = DeployModel(_fused_copy(self.model)).eval()
+        if channels_last or (channels_last is None and self.device.type == "cpu"):
+            module.use_channels_last()
+        return module
 
     def save(self, path: str | Path) -> Path:
         """Write our checkpoint format (weights, config, class names, input size)."""

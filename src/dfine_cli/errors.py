@@ -15,12 +15,21 @@ code   meaning
 5      export error: an export failed or its output disagrees with torch
 6      missing dependency or hardware: an optional package, CUDA or a GPU is absent
 7      training stopped: repeated non-finite losses or a failed distributed peer
+8      file system: no space left, read-only file system, permission denied, a path
+       that is a folder where a file is needed (or the reverse)
 130    interrupted (Ctrl-C)
+143    terminated (SIGTERM): handled like Ctrl-C, temporary files removed
 =====  ==========================================================================
+
+A command that processes many inputs (``dfine predict``) keeps going past bad ones, saves
+the results of the good ones and exits 3 at the end if any input failed.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
 from typing import Any
 
 EXIT_OK = 0
@@ -31,7 +40,9 @@ EXIT_MODEL = 4
 EXIT_EXPORT = 5
 EXIT_ENVIRONMENT = 6
 EXIT_TRAINING = 7
+EXIT_FILESYSTEM = 8
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class DfineError(Exception):
@@ -87,6 +98,99 @@ class TrainingError(DfineError):
 
     exit_code = EXIT_TRAINING
     category = "training stopped"
+
+
+class FileSystemError(DfineError, OSError):
+    """The operating system refused a file operation: disk full, read-only, permissions...
+
+    Also an :class:`OSError` (with the original ``errno``), so code that handles OS errors
+    keeps handling it.
+    """
+
+    exit_code = EXIT_FILESYSTEM
+    category = "file system error"
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Terminated(BaseException):
+    """Raised in the main process when it receives SIGTERM (handled like Ctrl-C)."""
+
+
+# errno -> the cause as a user reads it; everything else falls back to strerror.
+_OS_REASONS: dict[int, str] = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "is a directory, not a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EMFILE: "too many open files",
+    errno.EIO: "input/output error",
+}
+
+
+def classify_os_error(
+    exc: BaseException, path: str | os.PathLike[str] | None = None
+) -> DfineError | None:
+    """The :class:`DfineError` an OS-level failure maps to, naming cause and path; else None.
+
+    ``FileNotFoundError`` is a :class:`DataError` (a missing input); every other ``OSError``
+    with an ``errno`` is a :class:`FileSystemError`. Torch's serialisation failures (the
+    ``inline_container.cc`` / ``PytorchStreamWriter`` errors it raises when a disk fills up
+    during ``torch.save``) are file system errors too. ``path`` names the file when the
+    exception does not (or names only a temporary file standing in for ``path``).
+    """
+    if isinstance(exc, DfineError):
+        return exc
+    where = str(path) if path is not None else None
+    if isinstance(exc, OSError) and exc.errno is not None:
+        where = where or _os_error_paths(exc)
+        suffix = f": {where}" if where else ""
+        if exc.errno == errno.ENOENT:
+            return DataError(f"no such file or folder{suffix}")
+        reason = _OS_REASONS.get(exc.errno) or exc.strerror or os.strerror(exc.errno)
+        return FileSystemError(f"{reason}{suffix}", exc.errno)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and (
+        "inline_container.cc" in text or "PytorchStreamWriter" in text
+    ):
+        return _torch_write_failure(text, where)
+    return None
+
+
+def _os_error_paths(exc: OSError) -> str | None:
+    names = [n for n in (exc.filename, exc.filename2) if n is not None]
+    return " -> ".join(os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in names) or None
+
+
+def _torch_write_failure(text: str, where: str | None) -> FileSystemError:
+    suffix = f": {where}" if where else ""
+    marker = "strerror: "
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().splitlines()[0].lower()
+        return FileSystemError(f"{reason}{suffix}")
+    if where is not None and _nearly_full(Path(where).parent):
+        return FileSystemError(f"no space left on device{suffix}", errno.ENOSPC)
+    first = " ".join(text.split())[:160]
+    return FileSystemError(f"write failed (disk full or I/O error?){suffix} ({first})")
+
+
+def _nearly_full(folder: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < 16 << 20  # under 16 MiB left
+    except OSError:
+        return False
 
 
 def require(module: str, extra: str) -> Any:

@@ -31,7 +31,11 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     cv2 = cv2_module()
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:  # permission denied, I/O error: this input fails, not the run
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise DataError(f"cannot read image ({reason}): {path}") from exc
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise DataError(f"cannot decode image (corrupt or unsupported format): {path}")
@@ -47,10 +51,14 @@ class SourceList:
 
 
 def resolve_sources(source: str | Path) -> SourceList:
-    """Resolve ``source`` (an image, a video, a folder, or a glob pattern) into files."""
+    """Resolve ``source`` (an image, a video, a folder, or a glob pattern) into files.
+
+    An existing file or folder is taken literally even if its name contains glob characters
+    (``photo [1].jpg``); only a path that does not exist is treated as a pattern.
+    """
     text = str(source)
     path = Path(text)
-    if any(ch in text for ch in "*?["):
+    if not path.exists() and any(ch in text for ch in "*?["):
         matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
         files = [p for p in matches if p.is_file()]
         if not files:

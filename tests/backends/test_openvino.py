@@ -139,3 +139,50 @@ def test_predict_cli_accepts_openvino(exported, tmp_path):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["results"][0]["detections"]
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def exported_ir(exported, tmp_path_factory) -> Path:
+    """The same tiny model as an OpenVINO IR written by ``dfine export --format openvino``."""
+    pytest.importorskip("openvino")
+    from dfine_cli.detector import Detector
+    from dfine_cli.export.openvino_ir import export_openvino
+
+    ckpt, _ = exported
+    det = Detector.from_checkpoint(ckpt)
+    assert det.model is not None and det.info is not None
+    xml = tmp_path_factory.mktemp("ir") / "tiny.xml"
+    report = export_openvino(det.model, det.info, xml, img_size=(IMG, IMG), check=False)
+    assert report.path == xml and report.format == "openvino"
+    return xml
+
+
+def test_ir_loads_by_suffix_with_class_names(exported, exported_ir, rgb_image):
+    from dfine_cli.backends import backend_for_file
+    from dfine_cli.detector import Detector
+
+    assert backend_for_file(exported_ir, None) == "openvino"
+    assert backend_for_file(exported_ir, "auto") == "openvino"
+    with pytest.raises(UsageError, match=r"onnxruntime needs an exported \.onnx"):
+        backend_for_file(exported_ir, "onnxruntime")
+    det = Detector.load(exported_ir, threads=2)
+    assert det.class_names == ["a", "b", "c"] and det.img_size == (IMG, IMG)
+    assert det.backend.meta.dynamic_batch
+    ckpt, _ = exported
+    ours = det.predict([rgb_image, rgb_image], conf=0.0, batch_size=2)
+    ref = Detector.from_checkpoint(ckpt).predict([rgb_image], conf=0.0)
+    assert np.abs(ours[0].scores - ref[0].scores).max() < 1e-4
+    assert ours[0].category_ids == ref[0].category_ids
+
+
+def test_ir_without_its_weights_is_a_checkpoint_error(exported_ir, tmp_path):
+    import shutil
+
+    from dfine_cli.backends.openvino_backend import OpenVINOBackend
+
+    lonely = tmp_path / "lonely.xml"
+    shutil.copy(exported_ir, lonely)
+    with pytest.raises(CheckpointError, match=r"lonely\.bin is missing"):
+        OpenVINOBackend(lonely)
+    with pytest.raises(CheckpointError, match="not found"):
+        OpenVINOBackend(tmp_path / "missing.xml")

@@ -85,3 +85,24 @@ def test_compare_cli_json(ckpt):
         "fp32", "bf16"]
     assert payload["rows"][0]["AP"] is None
     assert run("bench", "compare", str(ckpt), "--run", "cuda").returncode == 2
+
+
+def test_int8_runs_on_openvino_and_needs_data(ckpt, tmp_path):
+    assert parse_run("openvino:int8") == RunSpec("openvino", "int8")
+    with pytest.raises(UsageError, match="openvino only"):
+        parse_run("onnxruntime:int8")
+    with pytest.raises(UsageError, match="needs --data"):
+        compare([str(ckpt)], [RunSpec("openvino", "int8")], work_dir=tmp_path)
+    runs = [RunSpec("openvino"), RunSpec("openvino", "bf16"), RunSpec("openvino", "int8")]
+    assert runs_for("m.xml", runs) == runs[:2]  # an IR's precision is in the file
+    assert runs_for("m.onnx", runs) == runs[:2]
+    assert runs_for("m.pth", runs) == runs
+
+
+def test_default_runs_add_int8_only_with_data():
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from dfine_cli.bench.compare import default_runs
+
+    assert RunSpec("openvino", "int8") not in default_runs()
+    assert RunSpec("openvino", "int8") in default_runs(int8=True)

@@ -118,6 +118,12 @@ def test_validate_exit_codes(shapes: Path, tmp_path: Path) -> None:
             3,
             "nothing to convert",
         ),
+        (
+            ("data", "convert", "--from", "yolo", "{tmp}", "--out", "{tmp}/o.json",
+             "--names", "{tmp}/missing-names.txt"),
+            3,
+            "--names file not found",
+        ),
     ],
 )
 def test_bad_inputs_fail_with_one_line(

@@ -265,3 +265,74 @@ def test_validate_reports_the_bccd_degenerate_boxes(bccd_splits: dict[str, Any])
             assert issue.check == "zero_area_box"
             degenerate.append((issue.count, issue.examples))
     assert sum(count for count, _ in degenerate) == 2
+
+
+def test_yolo_boxes_outside_the_image_are_clipped_or_skipped_with_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "yolo"
+    _image(root / "images" / "a.jpg", 100, 50)
+    (root / "labels").mkdir(parents=True)
+    (root / "labels" / "a.txt").write_text(
+        "0 0.5 0.5 0.2 0.2\n"  # inside: kept as is
+        "0 0.95 0.5 0.2 0.2\n"  # reaches past the right border: clipped to x 0.85..1
+        "1 -0.05 -0.1 0.3 0.4\n"  # negative centre, reaches into the image: clipped
+        "1 1.5 0.5 0.2 0.2\n"  # entirely outside: skipped
+        "0 0.5 0.5 -0.2 0.2\n"  # negative width: skipped
+        "0 0.5 0.5 0.2 -0.1\n"  # negative height: skipped
+    )
+    (root / "classes.txt").write_text("a\nb\n")
+    with caplog.at_level("WARNING", logger="dfine"):
+        summary = convert_yolo(root, tmp_path / "out.json")
+    assert summary.skipped == {"box entirely outside the image": 1, "negative box size": 2}
+    assert summary.notes == {"box(es) reaching outside the image, clipped to it": 2}
+    assert summary.examples["box(es) reaching outside the image, clipped to it"][0].endswith("a.txt:2")
+    coco = load_coco(tmp_path / "out.json")
+    assert [a["bbox"] for a in coco["annotations"]] == [
+        [40.0, 20.0, 20.0, 10.0],
+        [85.0, 20.0, 15.0, 10.0],
+        [0.0, 0.0, 10.0, 5.0],
+    ]
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    assert "2 box(es) reaching outside the image, clipped to it (e.g." in messages
+    assert "skipped 1: box entirely outside the image" in messages
+    assert "skipped 2: negative box size" in messages
+
+
+def test_yolo_label_files_without_an_image_are_reported(tmp_path: Path) -> None:
+    root = tmp_path / "yolo"
+    _image(root / "images" / "train" / "a.jpg", 20, 20)
+    (root / "labels" / "train" / "sub").mkdir(parents=True)
+    (root / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (root / "labels" / "train" / "ghost.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (root / "labels" / "train" / "sub" / "ghost2.txt").write_text("")
+    (root / "labels" / "train" / "classes.txt").write_text("a\n")
+    summary = convert_yolo(root, tmp_path / "out.json", names=["a"])
+    assert summary.skipped == {"label file without an image": 2}
+    assert sorted(Path(p).name for p in summary.examples["label file without an image"]) == [
+        "ghost.txt", "ghost2.txt",
+    ]
+    flat = tmp_path / "flat"
+    _image(flat / "b.png", 20, 20)
+    (flat / "b.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (flat / "orphan.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    summary = convert_yolo(flat, tmp_path / "flat.json", names=["a"])
+    assert summary.skipped == {"label file without an image": 1}
+    assert summary.annotations == 1
+
+
+def test_names_that_name_a_missing_file_are_an_error(tmp_path: Path) -> None:
+    for value in ("classes.txt", "data/names", str(tmp_path / "names.yaml"), "x.names"):
+        with pytest.raises(DataError, match=f"--names file not found: {value}"):
+            parse_names(value)
+    assert parse_names("person") == ["person"]
+    assert parse_names("car,bus.stop") == ["car", "bus.stop"]
+    (tmp_path / "names.yaml").write_text("names:\n  0: cat\n  1: dog\n")
+    assert parse_names(tmp_path / "names.yaml") == ["cat", "dog"]
+    (tmp_path / "list.yaml").write_text("[x, y]\n")
+    assert parse_names(tmp_path / "list.yaml") == ["x", "y"]
+    (tmp_path / "evil.yaml").write_text("!!python/object/apply:os.system ['true']\n")
+    with pytest.raises(DataError, match="unsafe YAML"):
+        parse_names(tmp_path / "evil.yaml")
+    with pytest.raises(DataError, match="not a file"):
+        parse_names(tmp_path)

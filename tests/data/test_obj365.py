@@ -408,6 +408,27 @@ def test_resize_rerun_reuses_finished_images_and_is_identical(dataset: Path) -> 
     assert all(s.resized == 0 for s in second)
 
 
+def test_resize_rerun_rewrites_a_truncated_output_it_would_reuse(dataset: Path) -> None:
+    """A cut-short ``_resized.jpg`` (header intact) from an interrupted run is not reused."""
+    remap_obj365(dataset, new_val_size=NEW_VAL_SIZE)
+    first = resize_obj365(dataset, max_size=MAX_SIZE, workers=1)
+    tree = _tree(dataset)
+    outputs = sorted(dataset.rglob("*_resized.jpg"))
+    assert outputs and sum(s.resized for s in first) == len(outputs)
+    victim = outputs[0]
+    good = victim.read_bytes()
+    with Image.open(victim) as whole:
+        size = whole.size
+    victim.write_bytes(good[: len(good) * 3 // 4])
+    with Image.open(victim) as cut:
+        assert cut.size == size  # the header alone looks finished
+    second = resize_obj365(dataset, max_size=MAX_SIZE, workers=1)
+    assert sum(s.resized for s in second) == 1
+    assert sum(s.reused for s in second) == len(outputs) - 1
+    assert victim.read_bytes() == good
+    assert _tree(dataset) == tree
+
+
 def _exif_image(
     path: Path, stored: tuple[int, int], orientation: int, rect: tuple[int, int, int, int]
 ) -> None:

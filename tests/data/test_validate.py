@@ -17,6 +17,7 @@ from dfine_cli.data.validate import (
     CHECKS,
     ERROR,
     WARNING,
+    check_before_training,
     coco_stats,
     validate_coco,
     validate_split,
@@ -247,3 +248,62 @@ def test_validate_split_unreadable_json(tmp_path: Path) -> None:
     (tmp_path / "annotations" / "instances_train.json").write_text(json.dumps({"images": []})[:-1])
     with pytest.raises(DataError, match="invalid JSON"):
         validate_split(resolve_dataset(tmp_path, "train"))
+
+
+# --------------------------------------------------------------------------- before training
+
+
+@pytest.fixture
+def two_splits(tmp_path: Path) -> dict[str, DatasetSplit]:
+    make_synthetic_dataset(tmp_path / "ds", num_images=24, num_classes=3, seed=3, img_size=64)
+    return {split: resolve_dataset(tmp_path / "ds", split) for split in ("train", "val")}
+
+
+def test_file_without_annotations_key_is_a_warning_not_an_error(two_splits: dict[str, DatasetSplit]) -> None:
+    path = two_splits["val"].annotations
+    data = json.loads(path.read_text())
+    del data["annotations"]
+    path.write_text(json.dumps(data))
+    report = validate_split(two_splits["val"])
+    assert report.ok and report.boxes == 0
+    checks = _checks(report)
+    assert checks["no_annotations_key"] == (WARNING, 1) and checks["no_boxes"] == (WARNING, 1)
+    warnings = check_before_training(two_splits)  # the train split still has boxes: train goes on
+    assert any(w.startswith(f"val split ({path}): 1 × the file has no 'annotations' list") for w in warnings)
+    assert not any(w.startswith("train split") for w in warnings)
+
+
+def test_no_box_in_any_split_refuses_to_train(two_splits: dict[str, DatasetSplit]) -> None:
+    for split in two_splits.values():
+        data = json.loads(split.annotations.read_text())
+        del data["annotations"]
+        split.annotations.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="no split has a single box, nothing to learn from"):
+        check_before_training(two_splits)
+
+
+def test_check_before_training_lists_first_bad_files_and_the_count(two_splits: dict[str, DatasetSplit]) -> None:
+    val = two_splits["val"]
+    names = json.loads(val.annotations.read_text())["images"]
+    for image in names:
+        (val.images_dir / image["file_name"]).write_bytes(b"not an image")
+    train_victim = sorted(two_splits["train"].images_dir.iterdir())[0]
+    train_victim.unlink()
+    with pytest.raises(DataError) as info:
+        check_before_training(two_splits)
+    message = str(info.value)
+    assert message.startswith(f"{len(names) + 1} dataset error(s), found before training: ")
+    assert f"train split ({two_splits['train'].annotations}): 1 × image file not found" in message
+    assert f"val split ({val.annotations}): {len(names)} × image file cannot be opened or decoded" in message
+    assert len(names) > 3 and names[0]["file_name"] in message and "; ..." in message
+    assert names[-1]["file_name"] not in message  # the first 3 examples only
+    assert message.endswith("(full report: dfine data validate)")
+
+
+def test_check_before_training_decodes_unless_told_headers_only(two_splits: dict[str, DatasetSplit]) -> None:
+    victim = sorted(two_splits["val"].images_dir.iterdir())[0]
+    content = victim.read_bytes()
+    victim.write_bytes(content[: len(content) * 2 // 3])  # header intact, image data cut
+    with pytest.raises(DataError, match=f"cannot be opened or decoded: image .* \\({victim.name}\\)"):
+        check_before_training(two_splits, workers=2)
+    check_before_training(two_splits, decode=False)  # headers only: not found

@@ -33,7 +33,7 @@ def data(tmp_path_factory) -> Path:
 
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data=str(data), model="n", epochs=1, batch_size=4, img_size=320, workers=0,
-                device="cpu", output=str(out), seed=5, num_denoising=20)
+                device="cpu", output=str(out), seed=5, num_denoising=20, pretrained=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -160,7 +160,7 @@ def _start_training(data: Path, out: Path, *extra: str) -> subprocess.Popen[str]
     cmd = [sys.executable, "-m", "dfine_cli", "train", "--data", str(data), "--epochs", "3",
            "--img-size", "320", "--batch-size", "4", "--workers", "0", "--device", "cpu",
            "--output", str(out), "--nproc-per-node", "2", "--set", "save_every_steps=1",
-           "--set", "num_denoising=20", "--json", *extra]
+           "--set", "num_denoising=20", "--no-pretrained", "--json", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NO_COLOR": "1"})
 
@@ -210,7 +210,7 @@ def test_external_torchrun_runs_each_process_as_a_worker(data, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "dfine_cli",
            "train", "--data", str(data), "--epochs", "1", "--img-size", "320", "--batch-size", "4",
-           "--workers", "0", "--device", "cpu", "--output", str(out), "--set", "num_denoising=20", "--json"]
+           "--workers", "0", "--device", "cpu", "--output", str(out), "--set", "num_denoising=20", "--no-pretrained", "--json"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from dfine_cli.checkpoint import read_checkpoint
 from dfine_cli.data.synth import make_synthetic_dataset
 from dfine_cli.detector import Detector
 from dfine_cli.engine.config import TrainConfig, merge, parse_set
+from dfine_cli.engine.run_lock import LOCK_NAME, RunFolderInUse, read_owner
 from dfine_cli.engine.trainer import Trainer, train
 from dfine_cli.errors import DataError, TrainingError, UsageError
 
@@ -37,7 +39,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data=str(data), model="n", epochs=2, batch_size=4, img_size=320, workers=0,
-                device="cpu", output=str(out), seed=3, num_denoising=20)
+                device="cpu", output=str(out), seed=3, num_denoising=20, pretrained=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -96,12 +98,18 @@ def test_resume_mid_epoch_from_step_checkpoint(tiny_data, tmp_path):
     trainer.train_one_epoch = interrupted  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
+    assert not (tmp_path / "part" / LOCK_NAME).exists()  # released on KeyboardInterrupt
     state = read_checkpoint(tmp_path / "part" / "last.pth").training
     assert state["epoch"] == 0 and state["step_in_epoch"] == 2
+    assert state["epoch_count"] == 2 and state["epoch_sums"]["loss"] > 0
     resumed = Trainer(tiny_config(tiny_data, tmp_path / "x", epochs=1, resume=str(tmp_path / "part"))).fit()
     a, b = _weights(full.last_checkpoint), _weights(resumed.last_checkpoint)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    # The epoch's logged losses average all its steps, not only those after the resume.
+    losses = [k for k in full.history[0] if k == "loss" or k.startswith("loss_")]
+    assert "loss" in losses and len(losses) > 3
+    assert {k: resumed.history[0][k] for k in losses} == {k: full.history[0][k] for k in losses}
 
 
 def test_non_finite_losses_are_skipped_then_stop(tiny_data, tmp_path, monkeypatch):
@@ -177,7 +185,7 @@ def test_kill_during_checkpoint_write_keeps_previous_and_resumes(tiny_data, tmp_
     out = tmp_path / "run"
     args = ["train", "--data", str(tiny_data), "--epochs", "2", "--img-size", "320", "--batch-size", "4",
             "--workers", "0", "--device", "cpu", "--output", str(out), "--set", "num_denoising=20",
-            "--set", "save_every_steps=1"]
+            "--set", "save_every_steps=1", "--no-pretrained"]
     proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, *args], stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -194,3 +202,238 @@ def test_kill_during_checkpoint_write_keeps_previous_and_resumes(tiny_data, tmp_
     assert res.returncode == 0, res.stderr[-2000:]
     assert read_checkpoint(out / "last.pth").training["epoch"] == 2
     assert not list(out.glob(".*.tmp*"))
+
+
+def test_output_holding_a_run_is_refused_unless_exist_ok(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pth").write_bytes(b"the previous run")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=f"run folder {out} is not empty .*--exist-ok"):
+        train(tiny_config(tiny_data, out, epochs=1))
+    assert (out / "best.pth").read_bytes() == b"the previous run"
+    seen = []
+    real = Trainer.train_one_epoch
+
+    def spy(self, epoch):
+        seen.append(read_owner(self.run_dir))
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", spy)
+    result = train(tiny_config(tiny_data, out, epochs=1, exist_ok=True, eval_every=5))
+    assert seen[0] is not None and seen[0].pid == os.getpid()  # locked while training
+    assert not (out / LOCK_NAME).exists()  # and released after
+    assert read_checkpoint(result.best_checkpoint).training["epoch"] == 1
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def _copy(data: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(data, to)
+    return to
+
+
+def test_corrupt_val_image_fails_before_the_first_step_and_leaves_no_folder(tiny_data, tmp_path, monkeypatch):
+    from dfine_cli.engine import criterion as criterion_module
+
+    broken = _copy(tiny_data, tmp_path / "broken")
+    victim = sorted((broken / "images" / "val").iterdir())[0]
+    victim.write_bytes(b"not an image")
+    calls = []
+    monkeypatch.setattr(criterion_module.DFineCriterion, "forward", lambda *a: calls.append(1))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=rf"1 dataset error\(s\).*val split .*1 × image file cannot be "
+                                        rf"opened or decoded: image \d+ \({victim.name}\)"):
+        train(tiny_config(broken, tmp_path / "unused", output=None, epochs=1))
+    assert calls == []
+    assert list((tmp_path / "runs" / "train").iterdir()) == []  # no empty exp folder left
+    with pytest.raises(DataError):
+        train(tiny_config(broken, tmp_path / "new" / "run", epochs=1))
+    assert not (tmp_path / "new" / "run").exists()
+
+
+def test_split_without_annotations_key_warns_and_no_boxes_at_all_refuses(tiny_data, tmp_path, caplog):
+    data = _copy(tiny_data, tmp_path / "data")
+    val = data / "annotations" / "instances_val.json"
+    coco = json.loads(val.read_text())
+    del coco["annotations"]
+    val.write_text(json.dumps(coco))
+    trainer = Trainer(tiny_config(data, tmp_path / "run"))
+    with caplog.at_level("WARNING", logger="dfine.train"):
+        trainer.setup()
+    trainer.run_folder.close()
+    assert any(r.getMessage().startswith(f"val split ({val}): 1 × the file has no 'annotations' list")
+               for r in caplog.records)
+    train_file = data / "annotations" / "instances_train.json"
+    coco = json.loads(train_file.read_text())
+    coco["annotations"] = []
+    train_file.write_text(json.dumps(coco))
+    with pytest.raises(DataError, match="no split has a single box, nothing to learn from: train "):
+        train(tiny_config(data, tmp_path / "run2"))
+    assert not (tmp_path / "run2").exists()
+
+
+def test_bad_settings_fail_before_anything_runs(tiny_data, tmp_path):
+    for bad in (dict(eval_backend="bogus"), dict(metric="bogus"), dict(lr_scale=float("nan")),
+                dict(workers=-1), dict(ema_decay=2.0), dict(num_denoising=-5)):
+        with pytest.raises(UsageError, match=f"invalid setting {next(iter(bad))}="):
+            Trainer(tiny_config(tiny_data, tmp_path / "run", **bad))
+    assert not (tmp_path / "run").exists()
+
+
+HOLD_LOCK = """
+import sys, time
+from dfine_cli.engine.run_lock import RunLock
+RunLock(sys.argv[1]).acquire()
+print("HELD", flush=True)
+time.sleep(300)
+"""
+
+
+def test_second_process_cannot_train_or_resume_in_a_live_run(tiny_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pth").write_bytes(b"stands for a checkpoint being written by the holder")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(RunFolderInUse, match=f"pid {holder.pid} on host"):
+            Trainer(tiny_config(tiny_data, tmp_path / "x", resume=str(out)))
+        with pytest.raises(RunFolderInUse, match=f"pid {holder.pid} on host"):
+            train(tiny_config(tiny_data, out, exist_ok=True))
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert (out / "last.pth").read_bytes().startswith(b"stands for")
+
+
+def test_launcher_of_two_processes_holds_the_lock_for_its_workers(tiny_data, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "NO_COLOR": "1"}
+    cmd = [sys.executable, "-m", "dfine_cli", "train", "--data", str(tiny_data), "--epochs", "2",
+           "--img-size", "320", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--output", str(out),
+           "--nproc-per-node", "2", "--set", "num_denoising=20", "--set", "save_every_steps=1",
+           "--no-pretrained", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        start = time.time()
+        while not (out / "last.pth").exists():
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.time() - start < 600
+            time.sleep(0.5)
+        owner = read_owner(out)
+        assert owner is not None and owner.pid == proc.pid  # the launcher, not a worker
+        second = subprocess.run([sys.executable, "-m", "dfine_cli", "train", "--resume", str(out)],
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert second.returncode == 2 and f"is in use: pid {proc.pid} on host" in second.stderr
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (out / LOCK_NAME).exists()
+    assert read_checkpoint(out / "last.pth").training["epoch"] == 2
+
+
+class _ScriptedEval:
+    """Stands in for ``Trainer.evaluate``: val AP by epoch number, from a script."""
+
+    def __init__(self, ap_by_epoch: dict[int, float], interrupt_at: int | None = None) -> None:
+        self.ap_by_epoch, self.interrupt_at = ap_by_epoch, interrupt_at
+
+    def __call__(self, trainer: Trainer):
+        epoch = len(trainer.history) + 1  # the epoch being evaluated (history holds earlier ones)
+        if epoch == self.interrupt_at:
+            raise KeyboardInterrupt
+        stats = {"AP": self.ap_by_epoch[epoch], "AP50": self.ap_by_epoch[epoch]}
+
+        class _Result:
+            def __init__(self) -> None:
+                self.stats = stats
+
+            def write_json(self, path: Path) -> None:
+                Path(path).write_text(json.dumps(self.stats))
+
+        return _Result()
+
+    def install(self, monkeypatch) -> None:
+        monkeypatch.setattr(Trainer, "evaluate", lambda trainer: self(trainer))
+
+
+def _record_epoch_starts(monkeypatch) -> dict[str, dict[int, dict[str, torch.Tensor]]]:
+    """Capture the raw weights at the start and end of every epoch (0-based index)."""
+    starts: dict[int, dict[str, torch.Tensor]] = {}
+    ends: dict[int, dict[str, torch.Tensor]] = {}
+    original = Trainer.train_one_epoch
+
+    def wrapped(self: Trainer, epoch: int):
+        starts[epoch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        out = original(self, epoch)
+        ends[epoch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return out
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", wrapped)
+    return {"starts": starts, "ends": ends}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+STAGE2_AP = {1: 0.30, 2: 0.20, 3: 0.25, 4: 0.50}  # stage-1 best is epoch 1; epoch 3 does not improve
+
+
+def test_stage2_best_starts_from_the_best_stage1_epoch_and_reloads_after_no_improvement(
+        tiny_data, tmp_path, monkeypatch):
+    record = _record_epoch_starts(monkeypatch)
+    _ScriptedEval(STAGE2_AP).install(monkeypatch)
+    cfg = tiny_config(tiny_data, tmp_path / "run", epochs=4, augment={"policy_epochs": [2]})
+    result = Trainer(cfg).fit()
+    starts, ends = record["starts"], record["ends"]
+    # The first stage-2 epoch (index 2) starts from the end of epoch 1, the best stage-1 epoch,
+    # not from the end of epoch 2 where stage 1 stopped.
+    assert _same(starts[2], ends[0]) and not _same(starts[2], ends[1])
+    # Epoch 3 did not beat 0.30: the last epoch starts from the stage-1 best again.
+    assert _same(starts[3], ends[0]) and not _same(starts[3], ends[2])
+    stage1 = read_checkpoint(tmp_path / "run" / "best_stg1.pth").training
+    assert stage1["epoch"] == 1 and _same(stage1["model"], ends[0])
+    assert [h["stage"] for h in result.history] == [1, 1, 2, 2]
+    assert result.history[2]["started_from_epoch"] == 1
+    assert result.best_epoch == 4
+    last = read_checkpoint(tmp_path / "run" / "last.pth").training
+    assert last["stage2_reloads"] == 2
+    assert last["ema"]["decay"] == pytest.approx(0.9999 - 1e-4)  # N's restart decay, lowered once
+
+
+def test_stage2_continue_trains_straight_on(tiny_data, tmp_path, monkeypatch):
+    record = _record_epoch_starts(monkeypatch)
+    _ScriptedEval(STAGE2_AP).install(monkeypatch)
+    cfg = tiny_config(tiny_data, tmp_path / "run", epochs=3, augment={"policy_epochs": [2]},
+                      stage2="continue")
+    Trainer(cfg).fit()
+    assert _same(record["starts"][2], record["ends"][1])
+    assert not (tmp_path / "run" / "best_stg1.pth").exists()
+
+
+def test_stage2_reload_survives_a_resume(tiny_data, tmp_path, monkeypatch):
+    _ScriptedEval(STAGE2_AP).install(monkeypatch)
+    cfg = dict(epochs=4, augment={"policy_epochs": [2]})
+    full = Trainer(tiny_config(tiny_data, tmp_path / "full", **cfg)).fit()
+    # Stopped while evaluating epoch 3: last.pth is from epoch 2, the stage-1 best in best_stg1.pth.
+    _ScriptedEval(STAGE2_AP, interrupt_at=3).install(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(tiny_data, tmp_path / "part", **cfg)).fit()
+    _ScriptedEval(STAGE2_AP).install(monkeypatch)
+    resumed = Trainer(tiny_config(tiny_data, tmp_path / "x", resume=str(tmp_path / "part"), **cfg)).fit()
+    a, b = _weights(full.last_checkpoint), _weights(resumed.last_checkpoint)
+    assert _same(a, b)

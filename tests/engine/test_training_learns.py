@@ -21,7 +21,8 @@ def test_synthetic_shapes_reach_a_clear_map(tmp_path):
     data = tmp_path / "data"
     make_synthetic_dataset(data, num_images=120, num_classes=3, seed=0, img_size=320)
     result = train(TrainConfig(data=str(data), model="n", epochs=8, batch_size=8, img_size=320,
-                               workers=0, device="cpu", output=str(tmp_path / "run"), seed=0))
+                               workers=0, device="cpu", output=str(tmp_path / "run"), seed=0,
+                               pretrained=False))
     print(f"synthetic: best mAP50:95 {result.best_metric:.4f} at epoch {result.best_epoch}")
     assert result.best_metric > 0.10
 
@@ -42,7 +43,8 @@ def test_bccd_trains_and_evaluates(tmp_path):
     }))
     epochs = int(os.environ.get("DFINE_BCCD_EPOCHS", "6"))
     result = train(TrainConfig(data=str(spec), model="n", epochs=epochs, batch_size=8, img_size=320,
-                               workers=0, device="cpu", output=str(tmp_path / "run"), seed=0))
+                               workers=0, device="cpu", output=str(tmp_path / "run"), seed=0,
+                               pretrained=False))
     print(f"BCCD: best mAP50:95 {result.best_metric:.4f}, history {result.history[-1]}")
     assert Path(result.last_checkpoint).is_file()
     assert result.best_metric > 0.01

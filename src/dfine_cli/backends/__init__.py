@@ -21,13 +21,17 @@ def backend_for_file(path: Path, backend: str | None) -> str:
     if backend in (None, "auto"):
         if suffix == ".onnx":
             return "onnxruntime"
+        if suffix == ".xml":  # OpenVINO IR (dfine export --format openvino)
+            return "openvino"
         if suffix in (".engine", ".trt", ".plan"):
             return "tensorrt"
         return "torch"
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend in ("onnxruntime", "openvino") and suffix != ".onnx":
-        raise UsageError(f"--backend {backend} needs an exported .onnx model, got {path.name}")
+    if backend == "openvino" and suffix not in (".onnx", ".xml"):
+        raise UsageError(f"--backend openvino needs an exported .onnx or OpenVINO IR .xml model, got {path.name}")
+    if backend == "onnxruntime" and suffix != ".onnx":
+        raise UsageError(f"--backend onnxruntime needs an exported .onnx model, got {path.name}")
     if backend == "torch" and suffix == ".onnx":
         raise UsageError(f"{path.name} is an ONNX model: use --backend onnxruntime")
     return backend

@@ -20,8 +20,11 @@ def meta_from_onnx(session: object) -> BackendMeta:
     """Input size from the ``images`` input; class names from our metadata if present."""
     inputs = {i.name: i for i in session.get_inputs()}  # type: ignore[attr-defined]
     if "images" not in inputs or "orig_target_sizes" not in inputs:
+        from dfine_cli.checkpoint import NOT_A_CHECKPOINT
+
         raise CheckpointError(
-            "ONNX model does not have the D-FINE inputs 'images' and 'orig_target_sizes'"
+            f"{NOT_A_CHECKPOINT}: the ONNX model does not have the D-FINE inputs 'images' and "
+            "'orig_target_sizes'"
         )
     shape = inputs["images"].shape
     try:
@@ -59,7 +62,11 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=chosen)  # type: ignore[attr-defined]
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise CheckpointError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0][:200]}") from exc
+            from dfine_cli.checkpoint import NOT_A_CHECKPOINT
+
+            why = "is empty" if path.stat().st_size == 0 else (
+                f"is not a loadable ONNX model: {str(exc).splitlines()[0][:200]}")
+            raise CheckpointError(f"{NOT_A_CHECKPOINT}: {path} {why}") from exc
         self.meta = meta_from_onnx(self.session)
         self.meta.description = f"onnxruntime {ort.__version__} ({', '.join(chosen)})"  # type: ignore[attr-defined]
 

@@ -1,6 +1,7 @@
 """OpenVINO backend (CPU) for models exported by ``dfine export`` or the official script.
 
-OpenVINO reads the ``.onnx`` file directly. Thread count and inference precision are set
+OpenVINO reads an ``.onnx`` file directly, or an OpenVINO IR (``.xml`` + ``.bin``, written
+by ``dfine export --format openvino``, float32 or INT8). Thread count and inference precision are set
 explicitly (``INFERENCE_NUM_THREADS``, ``INFERENCE_PRECISION_HINT``) so that a figure is
 reproducible: left alone, OpenVINO picks bf16 by itself on CPUs with AMX, which changes
 the detections slightly. ``precision="bf16"`` asks for it where the CPU supports it.
@@ -54,6 +55,21 @@ def meta_from_onnx_file(path: Path, img_size: tuple[int, int], dynamic_batch: bo
     else:
         proto = onnx.load(str(path), load_external_data=False)
         props = {p.key: p.value for p in proto.metadata_props}
+    return _meta(props, img_size, dynamic_batch)
+
+
+def ir_metadata(model: Any) -> dict[str, str]:
+    """The metadata an IR carries in ``rt_info``: ``dfine`` (ours), else ``framework``
+    (what OpenVINO copies from an ONNX file's metadata)."""
+    props: dict[str, str] = {}
+    for section in ("framework", "dfine"):  # ours last: it wins
+        for key in ("class_names", "category_ids", "precision", "variant", "model"):
+            if model.has_rt_info([section, key]):
+                props[key] = str(model.get_rt_info([section, key]).astype(str))
+    return props
+
+
+def _meta(props: dict[str, str], img_size: tuple[int, int], dynamic_batch: bool) -> BackendMeta:
     names: list[str] = json.loads(props["class_names"]) if "class_names" in props else []
     ids: list[int] = json.loads(props["category_ids"]) if "category_ids" in props else []
     if not names:
@@ -93,10 +109,13 @@ class OpenVINOBackend:
     ) -> None:
         ov = require("openvino", "openvino")
         path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (".onnx", ".xml"):
+            raise UsageError(f"the OpenVINO backend reads .onnx or OpenVINO IR .xml files, got {path.name}")
         if not path.is_file():
-            raise CheckpointError(f"ONNX model not found: {path}")
-        if path.suffix.lower() != ".onnx":
-            raise UsageError(f"the OpenVINO backend reads .onnx files, got {path.name}")
+            raise CheckpointError(f"{'ONNX' if suffix == '.onnx' else 'OpenVINO IR'} model not found: {path}")
+        if suffix == ".xml" and not path.with_suffix(".bin").is_file():
+            raise CheckpointError(f"{path.name}: its weights file {path.with_suffix('.bin').name} is missing")
         self._ov = ov
         self.core = ov.Core()
         self.device = openvino_device(device)
@@ -106,13 +125,19 @@ class OpenVINOBackend:
         try:
             self.model = self.core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError with a long report
+            from dfine_cli.checkpoint import NOT_A_CHECKPOINT
+
             raise CheckpointError(
-                f"OpenVINO cannot read {path}: {str(exc).strip().splitlines()[-1][:200]}"
+                f"{NOT_A_CHECKPOINT}: OpenVINO cannot read {path}: "
+                f"{str(exc).strip().splitlines()[-1][:200]}"
             ) from exc
         names = {port.get_any_name() for port in self.model.inputs}
         if not {"images", "orig_target_sizes"} <= names:
+            from dfine_cli.checkpoint import NOT_A_CHECKPOINT
+
             raise CheckpointError(
-                "ONNX model does not have the D-FINE inputs 'images' and 'orig_target_sizes'"
+                f"{NOT_A_CHECKPOINT}: the ONNX model does not have the D-FINE inputs 'images' "
+                "and 'orig_target_sizes'"
             )
         shape = self.model.input("images").get_partial_shape()
         if shape[2].is_dynamic or shape[3].is_dynamic:
@@ -127,9 +152,16 @@ class OpenVINOBackend:
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self._compiled: dict[int, tuple[Any, Any]] = {}
-        self.meta = meta_from_onnx_file(path, img_size, dynamic_batch=self._fixed_batch is None)
+        if suffix == ".onnx":
+            self.meta = meta_from_onnx_file(path, img_size, dynamic_batch=self._fixed_batch is None)
+            self.weights_precision = "fp32"
+        else:
+            props = ir_metadata(self.model)
+            self.meta = _meta(props, img_size, dynamic_batch=self._fixed_batch is None)
+            self.weights_precision = props.get("precision", "fp32")
+        int8 = "int8 weights, " if self.weights_precision == "int8" else ""
         self.meta.description = (
-            f"openvino {ov.get_version().split('-')[0]} ({self.device}, {precision}"
+            f"openvino {ov.get_version().split('-')[0]} ({self.device}, {int8}{precision}"
             f"{f', {threads} threads' if threads else ''})"
         )
 

@@ -1,7 +1,10 @@
 """Several deployment options in one table: latency next to mAP on a dataset.
 
 An option is ``BACKEND[:PRECISION]`` (``torch``, ``onnxruntime``, ``openvino:bf16``,
-``tensorrt``...), run for every weights file given. Every option is validated before any is
+``openvino:int8``, ``tensorrt``...), run for every weights file given. ``openvino:int8``
+quantizes the checkpoint first (NNCF, see :mod:`dfine_cli.export.int8`), calibrated on the
+dataset's ``train`` split (the evaluated split when there is none), so FP32, BF16 and
+INT8 appear side by side. Every option is validated before any is
 measured, so a typo fails at once instead of after minutes of measuring. The first row is
 the reference: ``delta_ap`` is each row's AP minus the reference's AP on the same weights.
 """
@@ -27,8 +30,12 @@ from dfine_cli.bench.latency import (
     synthetic_images,
 )
 from dfine_cli.errors import UsageError
+from dfine_cli.hub import is_weights_name
 
 log = logging.getLogger("dfine.bench.compare")
+
+#: Calibration images for ``openvino:int8`` (the ``dfine export --calib-images`` default).
+INT8_CALIB_IMAGES = 300
 
 COLUMNS = ("weights", "backend", "precision", "median ms", "p90 ms", "images/s", "AP", "AP50",
            "delta AP")
@@ -50,13 +57,18 @@ def parse_run(text: str) -> RunSpec:
     precision = precision or "fp32"
     if backend not in BENCH_BACKENDS:
         raise UsageError(f"--run {text!r}: backend must be one of {', '.join(BENCH_BACKENDS)}")
+    if precision == "int8":
+        if backend != "openvino":
+            raise UsageError(f"--run {text!r}: int8 runs on openvino only (openvino:int8)")
+        return RunSpec(backend, precision)
     if precision not in PRECISIONS:
         raise UsageError(f"--run {text!r}: precision must be one of {', '.join(PRECISIONS)}")
     return RunSpec(backend, precision)
 
 
-def default_runs() -> list[RunSpec]:
-    """torch fp32, ONNX Runtime, and OpenVINO fp32 (+ bf16 where the CPU has it) if installed."""
+def default_runs(int8: bool = False) -> list[RunSpec]:
+    """torch fp32, ONNX Runtime, and OpenVINO fp32 (+ bf16 where the CPU has it) if installed;
+    with ``int8`` (a dataset to calibrate on is given) also OpenVINO INT8 where NNCF is installed."""
     import importlib.util
 
     from dfine_cli.bench.latency import cpu_description
@@ -66,6 +78,8 @@ def default_runs() -> list[RunSpec]:
         runs.append(RunSpec("openvino"))
         if cpu_description()["bf16"]:
             runs.append(RunSpec("openvino", "bf16"))
+        if int8 and importlib.util.find_spec("nncf") is not None:
+            runs.append(RunSpec("openvino", "int8"))
     return runs
 
 
@@ -75,7 +89,9 @@ def runs_for(weights: str, runs: Sequence[RunSpec]) -> list[RunSpec]:
     if suffix in (".engine", ".trt", ".plan"):
         return [r for r in runs if r.backend == "tensorrt"]
     if suffix == ".onnx":
-        return [r for r in runs if r.backend in ("onnxruntime", "openvino")]
+        return [r for r in runs if r.backend in ("onnxruntime", "openvino") and r.precision != "int8"]
+    if suffix == ".xml":  # OpenVINO IR: its precision is in the file
+        return [r for r in runs if r.backend == "openvino" and r.precision in ("fp32", "bf16")]
     return [r for r in runs if r.backend != "tensorrt"]
 
 
@@ -142,13 +158,19 @@ def compare(
         raise UsageError("give at least one weights file")
     plan: list[tuple[str, RunSpec]] = []
     for w in weights:
-        if not is_preset_name(w) and not Path(w).exists():
+        if not is_preset_name(w) and not Path(w).exists() and not is_weights_name(w):
             raise UsageError(f"weights not found: {w}")
         applicable = runs_for(w, runs)
         if not applicable:
             raise UsageError(f"none of the runs {[r.label for r in runs]} applies to {w}")
         for run in applicable:
-            check_precision(run.backend, run.precision, device)
+            if run.precision == "int8":
+                if data is None:
+                    raise UsageError("openvino:int8 needs --data: its images calibrate the quantization")
+                if device != "cpu":
+                    raise UsageError("openvino:int8 runs on the CPU (--device cpu)")
+            else:
+                check_precision(run.backend, run.precision, device)
             plan.append((w, run))
     dataset = None
     if data is not None:
@@ -163,9 +185,16 @@ def compare(
     reference_ap: dict[str, float] = {}
     for w, run in plan:
         log.info("measuring %s on %s", w, run.label)
-        loaded = load_bench_detector(w, backend=run.backend, precision=run.precision,
-                                     device=device, threads=threads, img_size=img_size,
-                                     work_dir=work_dir, onnx_cache=onnx_cache)
+        if run.precision == "int8":
+            assert data is not None
+            xml = int8_model(w, data, split, img_size=img_size, work_dir=work_dir)
+            loaded = load_bench_detector(xml, backend="openvino", precision="fp32", device=device,
+                                         threads=threads, work_dir=work_dir)
+            loaded.precision = "int8"
+        else:
+            loaded = load_bench_detector(w, backend=run.backend, precision=run.precision,
+                                         device=device, threads=threads, img_size=img_size,
+                                         work_dir=work_dir, onnx_cache=onnx_cache)
         stats = measure_latency(loaded.detector, images, batch_size=batch_size, warmup=warmup,
                                 iters=iters)
         row = CompareRow(w, RunSpec(run.backend, loaded.precision), stats["end_to_end"],
@@ -182,6 +211,40 @@ def compare(
                 row.delta_ap = row.ap - base
         rows.append(row)
     return rows
+
+
+def int8_model(
+    weights: str, data: str | Path, split: str, *, img_size: int | None, work_dir: Path,
+    calib_images: int = INT8_CALIB_IMAGES,
+) -> Path:
+    """Quantize ``weights`` (checkpoint or preset) to an INT8 OpenVINO IR in ``work_dir``.
+
+    Calibrated on up to ``calib_images`` images of ``data``'s ``train`` split, or of
+    ``split`` when the dataset has no ``train`` split (then said in the log).
+    """
+    from dfine_cli.data.cocofile import resolve_dataset
+    from dfine_cli.detector import Detector, check_img_size
+    from dfine_cli.errors import DataError
+    from dfine_cli.export.int8 import calibration_images
+    from dfine_cli.export.openvino_ir import Int8Options, export_openvino
+
+    try:
+        folder = resolve_dataset(data, "train").images_dir
+    except (DataError, UsageError):
+        log.warning("no train split in %s: calibrating INT8 on the %s split it is evaluated on",
+                    data, split)
+        folder = resolve_dataset(data, split).images_dir
+    size = check_img_size((img_size, img_size)) if img_size else None
+    if is_preset_name(weights):
+        det = Detector.from_preset(weights.lower(), num_classes=80, img_size=size or 640)
+    else:
+        det = Detector.from_checkpoint(weights)
+    assert det.model is not None and det.info is not None
+    hw = size or det.img_size
+    xml = work_dir / f"{Path(weights).stem}_{hw[0]}x{hw[1]}_int8.xml"
+    options = Int8Options(calibration_images(folder, calib_images), subset_size=calib_images)
+    export_openvino(det.model, det.info, xml, img_size=hw, check=False, int8=options)
+    return xml
 
 
 def _finite(value: float) -> float | None:

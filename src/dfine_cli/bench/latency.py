@@ -201,6 +201,11 @@ def load_bench_detector(
 
         engine = TensorRTBackend(Path(name), device=device)
         return LoadedBench(Detector(engine), backend, engine.info.precision, name)
+    if suffix == ".xml":  # OpenVINO IR
+        if backend != "openvino":
+            raise UsageError(f"{Path(name).name} is an OpenVINO IR: use --backend openvino")
+        return LoadedBench(_onnx_detector(Path(name), backend, precision, device, threads, size),
+                           backend, precision, name, Path(name))
     if suffix == ".onnx":
         if backend == "torch":
             raise UsageError(f"{Path(name).name} is ONNX: use --backend onnxruntime or openvino")

@@ -5,7 +5,9 @@ Conventions every command follows:
 - stdout carries results (a table, or one JSON object with ``--json``); stderr carries logs,
   progress and errors.
 - A :class:`~dfine_cli.errors.DfineError` becomes one line on stderr and its category's exit
-  code (see :mod:`dfine_cli.errors`); a traceback only with ``--verbose``.
+  code (see :mod:`dfine_cli.errors`); a traceback only with ``--verbose``. OS failures (disk
+  full, read-only, permissions) are mapped to their category in one place, here.
+- Ctrl-C exits 130 and SIGTERM 143, each with one line, after temporary files are removed.
 - Rich progress bars and colours only when stderr is a terminal; ``NO_COLOR`` is respected;
   piped output gets plain, stable lines.
 """
@@ -16,6 +18,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -24,7 +27,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dfine_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DfineError
+from dfine_cli.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    DfineError,
+    Terminated,
+    UsageError,
+    classify_os_error,
+)
 
 JSON_SCHEMA_VERSION = 1
 
@@ -87,11 +98,32 @@ class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+def img_size_option(value: int | None) -> tuple[int, int] | None:
+    """``--img-size`` checked the same way in every command: ``None`` (the model's) or a
+    positive multiple of 32, returned as a square ``(h, w)``."""
+    if value is None:
+        return None
+    if value < 32 or value % 32:
+        raise UsageError(
+            f"--img-size must be a positive multiple of 32 (32, 64, 96, ..., 640, ...), got {value}"
+        )
+    return value, value
+
+
 def fail(message: str, code: int) -> typer.Exit:
     """Print ``message`` as one line on stderr and return the Exit to raise."""
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
     return typer.Exit(code)
+
+
+def _category_exit(exc: DfineError) -> typer.Exit:
+    if is_verbose():
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+    one_line = " ".join(str(exc).split())
+    return fail(f"{exc.category}: {one_line}", exc.exit_code)
 
 
 def handle_errors(func: F) -> F:
@@ -104,15 +136,15 @@ def handle_errors(func: F) -> F:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except DfineError as exc:
-            if is_verbose():
-                import traceback
-
-                traceback.print_exc(file=sys.stderr)
-            one_line = " ".join(str(exc).split())
-            raise fail(f"{exc.category}: {one_line}", exc.exit_code) from None
+            raise _category_exit(exc) from None
         except KeyboardInterrupt:
             raise fail("interrupted", EXIT_INTERRUPTED) from None
+        except Terminated:
+            raise fail("terminated (SIGTERM)", EXIT_TERMINATED) from None
         except Exception as exc:
+            mapped = classify_os_error(exc)
+            if mapped is not None:
+                raise _category_exit(mapped) from None
             if is_verbose():
                 raise
             one_line = " ".join(str(exc).split()) or type(exc).__name__
@@ -122,6 +154,29 @@ def handle_errors(func: F) -> F:
             ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_MAIN_PID: list[int] = []
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    if os.getpid() != _MAIN_PID[0]:
+        # A forked worker (data loading, multiprocessing) inherited this handler: die as usual.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
+def install_sigterm_handler() -> None:
+    """Make SIGTERM raise :class:`~dfine_cli.errors.Terminated` in this (the main) process.
+
+    It unwinds like Ctrl-C, so ``finally`` blocks and the temporary-file cleanup of
+    :func:`dfine_cli.fileio.atomic_path` run; :func:`handle_errors` then prints one line and
+    exits 143. Forked child processes that inherit the handler terminate as by default.
+    """
+    _MAIN_PID[:] = [os.getpid()]
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def print_json(payload: dict[str, Any]) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from dfine_cli.cli._common import handle_errors, print_json, print_table, track
+from dfine_cli.cli._common import handle_errors, img_size_option, print_json, print_table, track
+from dfine_cli.cli.commands_core import VariantChoice
 from dfine_cli.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, help="Measure model size, compute, latency and accuracy.")
@@ -40,7 +41,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 def info(
     models: list[str] = typer.Argument(..., help="Preset names (n s m l x) and/or checkpoints."),
     img_size: int = typer.Option(640, "--img-size", help="Square input size (multiple of 32)."),
-    variant: str = typer.Option(None, help="Decoder variant of official .pth files (dfine or deim)."),
+    variant: VariantChoice = typer.Option(None, help="Decoder variant of official .pth files (dfine or deim)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Parameters, GFLOPs and MACs next to the official figures for the same size."""
@@ -50,18 +51,19 @@ def info(
 def _info(models, img_size, variant, json_out) -> None:
     from dfine_cli.bench.flops import difference_note, model_complexity
     from dfine_cli.bench.latency import is_preset_name
-    from dfine_cli.detector import check_img_size
     from dfine_cli.models.presets import preset
 
-    size = check_img_size((img_size, img_size))
+    size = img_size_option(img_size)
+    assert size is not None  # the option defaults to 640
+    chosen = variant.value if variant else None
     results = []
     for name in models:
         if is_preset_name(name):
-            cfg = preset(name.lower(), num_classes=80, variant=variant or "dfine")
+            cfg = preset(name.lower(), num_classes=80, variant=chosen or "dfine")
         else:
             from dfine_cli.checkpoint import read_checkpoint
 
-            cfg = read_checkpoint(name, variant=variant).info.config
+            cfg = read_checkpoint(name, variant=chosen).info.config
         results.append((name, model_complexity(cfg, size)))
     if json_out:
         print_json({"command": "bench info", "models": [
@@ -121,6 +123,7 @@ def _latency(weights, backend, device, batch_size, img_size, threads, warmup, it
     from dfine_cli.bench.latency import run_latency
 
     precision = _precision(fp16, bf16)
+    img_size_option(img_size)
     with tempfile.TemporaryDirectory(prefix="dfine-bench-") as tmp:
         result = run_latency(weights, backend=backend.value, precision=precision, device=device,
                              threads=threads, batch_size=batch_size, img_size=img_size,
@@ -183,7 +186,7 @@ def _trt(engine, coco_dir, max_images, warmup, device, json_out) -> None:
 @app.command("compare")
 def compare(
     weights: list[str] = typer.Argument(..., help="Checkpoints, .onnx, .engine or preset names."),
-    run: list[str] = typer.Option([], "--run", help="BACKEND[:PRECISION], e.g. torch, onnxruntime, openvino:bf16, tensorrt; repeatable (default: torch, onnxruntime, openvino [+bf16])."),
+    run: list[str] = typer.Option([], "--run", help="BACKEND[:PRECISION], e.g. torch, onnxruntime, openvino:bf16, openvino:int8, tensorrt; repeatable (default: torch, onnxruntime, openvino [+bf16] [+int8 with --data])."),
     data: Path = typer.Option(None, help="Dataset (folder or YAML) to measure mAP on."),
     split: str = typer.Option("val", help="Split of --data."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
@@ -204,7 +207,8 @@ def _compare(weights, run, data, split, device, threads, batch_size, img_size, w
              max_images, json_out) -> None:
     from dfine_cli.bench import compare as cmp
 
-    runs = [cmp.parse_run(r) for r in run] if run else cmp.default_runs()
+    img_size_option(img_size)
+    runs = [cmp.parse_run(r) for r in run] if run else cmp.default_runs(int8=data is not None)
     with tempfile.TemporaryDirectory(prefix="dfine-bench-") as tmp:
         rows = cmp.compare(weights, runs, data=data, split=split, device=device, threads=threads,
                            batch_size=batch_size, img_size=img_size, warmup=warmup, iters=iters,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from dfine_cli.cli._common import handle_errors, print_json, print_table, track
+from dfine_cli.cli._common import handle_errors, img_size_option, print_json, print_table, track
 from dfine_cli.errors import DataError, UsageError
+from dfine_cli.fileio import check_output_file, remove_stale_temps
 
 
 class BackendChoice(str, Enum):
@@ -22,6 +23,7 @@ class BackendChoice(str, Enum):
 class ExportFormat(str, Enum):
     onnx = "onnx"
     engine = "engine"
+    openvino = "openvino"
 
 
 class VariantChoice(str, Enum):
@@ -31,13 +33,12 @@ class VariantChoice(str, Enum):
 
 def _read_names(path: Path) -> list[str]:
     """Class names from a text file (one per line) or a YAML/JSON list or {id: name} map."""
-    import yaml
+    from dfine_cli.fileio import read_yaml
 
     if not path.is_file():
         raise DataError(f"names file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
-        data = yaml.safe_load(text)
+        data = read_yaml(path)
         if isinstance(data, dict) and "names" in data:
             data = data["names"]
         if isinstance(data, dict):
@@ -45,6 +46,7 @@ def _read_names(path: Path) -> list[str]:
         if isinstance(data, list):
             return [str(x) for x in data]
         raise DataError(f"{path}: expected a list of names or an {{id: name}} mapping")
+    text = path.read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -57,13 +59,18 @@ def predict(
     img_size: int = typer.Option(None, "--img-size", help="Input size (multiple of 32); default: the model's."),
     batch_size: int = typer.Option(1, min=1, help="Images per forward pass."),
     output: Path = typer.Option(None, help="Output folder; default runs/predict/exp{N}."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object with every detection on stdout."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object with every detection (and an 'errors' list) on stdout."),
     names: Path = typer.Option(None, help="Class names file (txt lines, or YAML/JSON list or map)."),
     variant: VariantChoice = typer.Option(None, help="Decoder variant for official .pth files (dfine or deim)."),
     threads: int = typer.Option(None, min=1, help="CPU threads for inference."),
     save: bool = typer.Option(True, "--save/--no-save", help="Write annotated images/videos."),
 ) -> None:
-    """Detect objects in images and videos; write annotated copies and predictions.json."""
+    """Detect objects in images and videos; write annotated copies and predictions.json.
+
+    An image or video that cannot be read is reported (one stderr line, and in the
+    'errors' list of predictions.json and --json) and skipped; every other input is
+    still processed and saved, and the command then exits 3.
+    """
     handle_errors(_predict)(weights, source, backend, device, conf, img_size, batch_size,
                             output, json_out, names, variant, threads, save)
 
@@ -72,40 +79,45 @@ def _predict(weights, source, backend, device, conf, img_size, batch_size, outpu
              names, variant, threads, save) -> None:
     import torch
 
-    from dfine_cli.detector import Detector, check_img_size
-    from dfine_cli.fileio import next_run_dir
+    from dfine_cli.detector import Detector
+    from dfine_cli.fileio import run_dir
     from dfine_cli.predict import run_prediction
 
+    size = img_size_option(img_size)
     if threads:
         torch.set_num_threads(threads)
     det = Detector.load(weights, backend=backend.value, device=device,
                         variant=variant.value if variant else None, threads=threads)
-    if img_size is not None:
-        if det.model is None and tuple(det.img_size) != (img_size, img_size):
+    if size is not None:
+        if det.model is None and tuple(det.img_size) != size:
             raise UsageError(f"this exported model has a fixed input size {det.img_size}; "
                              "re-export it for another --img-size")
-        det.backend.meta.img_size = check_img_size((img_size, img_size))
+        det.backend.meta.img_size = size
     if names is not None:
         loaded = _read_names(names)
         if len(loaded) < len(det.class_names) and det.model is not None:
             raise DataError(f"{names} has {len(loaded)} names; the model has {len(det.class_names)} classes")
         det.backend.meta.class_names = loaded
-    out_dir = Path(output) if output else next_run_dir("predict")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = run_prediction(det, source, out_dir, conf=conf, batch_size=batch_size, save=save,
-                             progress=lambda it, desc, total: track(it, desc, total))
+    with run_dir("predict", output) as out_dir:
+        summary = run_prediction(det, source, out_dir, conf=conf, batch_size=batch_size, save=save,
+                                 progress=lambda it, desc, total: track(it, desc, total))
     if json_out:
         print_json({"command": "predict", "output_dir": str(out_dir), "images": summary.images,
-                    "videos": summary.videos, "frames": summary.frames, "results": summary.records})
+                    "videos": summary.videos, "frames": summary.frames, "results": summary.records,
+                    "errors": [e.to_dict() for e in summary.errors]})
     else:
         typer.echo(f"{summary.images} image(s), {summary.videos} video(s) ({summary.frames} frames), "
                    f"{summary.detections} detection(s) -> {out_dir}")
+    if summary.errors:
+        raise DataError(f"{len(summary.errors)} of {summary.inputs} input(s) could not be read "
+                        f"(listed above and in {out_dir / 'predictions.json'}); the others "
+                        "were processed")
 
 
 def export(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to export (any supported format), or an .onnx for --format engine."),
-    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="Export format: onnx, or engine (TensorRT)."),
-    output: Path = typer.Option(None, help="Output file; default: next to the checkpoint (.onnx / .engine)."),
+    format: ExportFormat = typer.Option(ExportFormat.onnx, "--format", "-f", help="Export format: onnx, engine (TensorRT), or openvino (IR .xml + .bin)."),
+    output: Path = typer.Option(None, help="Output file; default: next to the checkpoint (.onnx / .engine / .xml)."),
     img_size: int = typer.Option(None, "--img-size", help="Input size (multiple of 32); default: the model's."),
     opset: int = typer.Option(17, min=16, help="ONNX opset."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Dynamic batch axis N."),
@@ -118,20 +130,26 @@ def export(
     opt_batch: int = typer.Option(None, "--opt-batch", min=1, help="Engine: batch TensorRT tunes for (min batch)."),
     max_batch: int = typer.Option(None, "--max-batch", min=1, help="Engine: largest batch of the profile (opt batch)."),
     keep_fp32: list[str] = typer.Option([], "--keep-fp32", help="Engine with --fp16: module path (glob) to keep in FP32, e.g. 'decoder.dec_bbox_head.*'; repeatable."),
+    int8: bool = typer.Option(False, "--int8", help="OpenVINO: INT8 post-training quantization (NNCF), calibrated on --data images."),
+    calib_images: int = typer.Option(None, "--calib-images", min=1, help="OpenVINO --int8: number of calibration images (300)."),
+    data: Path = typer.Option(None, "--data", help="OpenVINO --int8: calibration images (a dataset folder, its images/train, or any image folder)."),
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
 ) -> None:
-    """Export a checkpoint to ONNX, or build a TensorRT engine, and check it."""
+    """Export a checkpoint to ONNX or OpenVINO IR, or build a TensorRT engine, and check it."""
     handle_errors(_export)(checkpoint, format, output, img_size, opset, dynamic_batch, simplify,
                            check, variant, fp16, workspace, min_batch, opt_batch, max_batch,
-                           keep_fp32, json_out)
+                           keep_fp32, json_out, int8, calib_images, data)
 
 
 def _export(checkpoint, format, output, img_size, opset, dynamic_batch, simplify, check,
             variant, fp16, workspace, min_batch, opt_batch, max_batch, keep_fp32,
-            json_out) -> None:
-    from dfine_cli.detector import check_img_size
-
-    size = check_img_size((img_size, img_size)) if img_size else None
+            json_out, int8=False, calib_images=None, data=None) -> None:
+    size = img_size_option(img_size)
+    if format != ExportFormat.openvino:
+        ov_only = {"--int8": int8, "--calib-images": calib_images is not None, "--data": data is not None}
+        used_ov = [flag for flag, given in ov_only.items() if given]
+        if used_ov:
+            raise UsageError(f"{', '.join(used_ov)} apply to --format openvino only")
     if format == ExportFormat.engine:
         onnx_only = {"--opset": opset != 17, "--static-batch": not dynamic_batch,
                      "--no-simplify": not simplify}
@@ -157,9 +175,48 @@ def _export(checkpoint, format, output, img_size, opset, dynamic_batch, simplify
     ckpt = read_checkpoint(checkpoint, variant=variant.value if variant else None)
     model = build_model_from_config(ckpt.info.config)
     load_weights(model, ckpt.state_dict, source=str(checkpoint))
+    if format == ExportFormat.openvino:
+        _export_openvino(model, ckpt.info, checkpoint, output, size, opset, dynamic_batch,
+                         simplify, check, int8, calib_images, data, json_out)
+        return
     out = Path(output) if output else Path(checkpoint).with_suffix(".onnx")
+    check_output_file(out)
+    remove_stale_temps(out.parent)  # left in this folder by a killed export
     report = export_onnx(model, ckpt.info, out, img_size=size or ckpt.info.img_size, opset=opset,
                          dynamic_batch=dynamic_batch, simplify=simplify, check=check)
+    if json_out:
+        print_json({"command": "export", **report.to_dict()})
+        return
+    for batch, agreement in report.checks.items():
+        typer.echo(f"check batch {batch}: {agreement.describe()}", err=True)
+    typer.echo(str(report.path))
+
+
+def _export_openvino(model, info, checkpoint, output, size, opset, dynamic_batch, simplify,
+                     check, int8, calib_images, data, json_out) -> None:
+    from dfine_cli.export.openvino_ir import Int8Options, export_openvino
+
+    if not simplify:
+        raise UsageError("--no-simplify applies to --format onnx only")
+    if not int8 and (calib_images is not None or data is not None):
+        raise UsageError("--calib-images and --data apply with --int8 only")
+    options = None
+    if int8:
+        if data is None:
+            raise UsageError("--int8 needs calibration images: --data DIR")
+        from dfine_cli.export.int8 import calibration_images
+
+        count = calib_images or 300
+        options = Int8Options(calibration_images(data, count), subset_size=count)
+    out = Path(output) if output else Path(checkpoint).with_suffix(".xml")
+    if out.suffix.lower() != ".xml":
+        raise UsageError(f"--format openvino writes an .xml (+ .bin); got --output {out.name}")
+    check_output_file(out)
+    check_output_file(out.with_suffix(".bin"))
+    check_output_file(out)
+    remove_stale_temps(out.parent)  # left in this folder by a killed export
+    report = export_openvino(model, info, out, img_size=size or info.img_size, opset=opset,
+                             dynamic_batch=dynamic_batch, check=check, int8=options)
     if json_out:
         print_json({"command": "export", **report.to_dict()})
         return
@@ -173,6 +230,8 @@ def _export_engine(checkpoint, output, size, check, variant, fp16, workspace, mi
     from dfine_cli.export.tensorrt import CHECK_COLUMNS, check_table, export_engine
 
     out = Path(output) if output else Path(checkpoint).with_suffix(".engine")
+    check_output_file(out)
+    remove_stale_temps(out.parent)  # left in this folder by a killed export
     report = export_engine(checkpoint, out, fp16=fp16, workspace_gb=workspace,
                            min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                            img_size=size, keep_fp32=keep_fp32,
@@ -239,7 +298,7 @@ def _info(checkpoint, variant, json_out) -> None:
     print_table("checkpoint", ["field", "value"], rows)
 
 
-weights_app = typer.Typer(no_args_is_help=True, help="Convert checkpoints between formats.")
+weights_app = typer.Typer(no_args_is_help=True, help="Official weights by name; convert checkpoints between formats.")
 
 
 @weights_app.command("convert")
@@ -257,9 +316,9 @@ def weights_convert(
 
 def _weights_convert(src, dst, variant, names, img_size, json_out) -> None:
     from dfine_cli.checkpoint import load_weights, read_checkpoint, save_checkpoint
-    from dfine_cli.detector import check_img_size
     from dfine_cli.models.build import build_model_from_config
 
+    size = img_size_option(img_size)
     ckpt = read_checkpoint(src, variant=variant.value if variant else None)
     model = build_model_from_config(ckpt.info.config)
     load_weights(model, ckpt.state_dict, source=str(src))  # validates before writing
@@ -269,8 +328,8 @@ def _weights_convert(src, dst, variant, names, img_size, json_out) -> None:
         if len(loaded) != info.num_classes:
             raise DataError(f"{names} has {len(loaded)} names; the model has {info.num_classes} classes")
         info.class_names = loaded
-    if img_size is not None:
-        info.img_size = check_img_size((img_size, img_size))
+    if size is not None:
+        info.img_size = size
     if Path(dst).resolve() == Path(src).resolve():
         raise UsageError("destination must differ from the source")
     save_checkpoint(dst, model, info)
@@ -288,6 +347,9 @@ def register(app: typer.Typer) -> None:
     app.command()(predict)
     app.command()(export)
     app.command()(info)
+    from dfine_cli.cli import weights as weights_commands
+
+    weights_commands.register(weights_app)
     app.add_typer(weights_app, name="weights")
     from dfine_cli.cli.demo import demo
     from dfine_cli.cli.eval import evaluate

@@ -29,13 +29,13 @@ def demo(
 def _demo(output, epochs, images, img_size, seed, export, json_out) -> None:
     from dfine_cli.demo import run_demo
     from dfine_cli.errors import UsageError
-    from dfine_cli.fileio import next_run_dir
+    from dfine_cli.fileio import run_dir
 
     if img_size < 320 or img_size % 32:
         raise UsageError("--img-size must be a multiple of 32 and at least 320")
-    out = Path(output) if output else next_run_dir("demo")
-    result = run_demo(out, epochs=epochs, images=images, img_size=img_size, seed=seed, export=export,
-                      progress=lambda it, desc, total: track(it, desc, total))
+    with run_dir("demo", output) as out:  # removed again if the demo fails before writing
+        result = run_demo(out, epochs=epochs, images=images, img_size=img_size, seed=seed,
+                          export=export, progress=lambda it, desc, total: track(it, desc, total))
     ap = result.metrics["torch"]["stats"]["AP"]
     ap50 = result.metrics["torch"]["stats"]["AP50"]
     summary = {"command": "demo", "output_dir": str(out), "checkpoint": str(result.checkpoint),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from dfine_cli.cli._common import handle_errors, print_json, print_table, track
-from dfine_cli.cli.commands_core import BackendChoice
+from dfine_cli.cli._common import handle_errors, img_size_option, print_json, print_table, track
+from dfine_cli.cli.commands_core import BackendChoice, VariantChoice
 
 
 def evaluate(
@@ -19,7 +19,7 @@ def evaluate(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per forward pass."),
     img_size: int = typer.Option(None, "--img-size", help="Evaluation size [default: the model's]."),
     workers: int = typer.Option(2, min=0, help="Data-loading workers."),
-    variant: str = typer.Option(None, help="Decoder variant for official .pth files (dfine or deim)."),
+    variant: VariantChoice = typer.Option(None, help="Decoder variant for official .pth files (dfine or deim)."),
     evaluator: str = typer.Option("faster", help="faster (faster-coco-eval) or pycocotools."),
     output: Path = typer.Option(None, help="Folder for metrics.json and per_class.csv [default: runs/eval/exp{N}]."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
@@ -32,13 +32,15 @@ def evaluate(
 def _evaluate(weights, data, split, backend, device, batch_size, img_size, workers, variant,
               evaluator, output, json_out) -> None:
     from dfine_cli.data.cocofile import resolve_dataset
-    from dfine_cli.detector import Detector, check_img_size
+    from dfine_cli.detector import Detector
     from dfine_cli.engine.evaluate import evaluate_detector
     from dfine_cli.errors import UsageError
-    from dfine_cli.fileio import next_run_dir
+    from dfine_cli.fileio import run_dir
 
-    det = Detector.load(weights, backend=backend.value, device=device, variant=variant)
-    size = check_img_size((img_size, img_size)) if img_size else det.img_size
+    checked = img_size_option(img_size)
+    det = Detector.load(weights, backend=backend.value, device=device,
+                        variant=variant.value if variant else None)
+    size = checked or det.img_size
     if size[0] != size[1]:
         raise UsageError("evaluation uses square inputs; pass --img-size")
     if det.model is None and tuple(size) != tuple(det.img_size):
@@ -47,10 +49,9 @@ def _evaluate(weights, data, split, backend, device, batch_size, img_size, worke
     result = evaluate_detector(det, located.images_dir, located.annotations, size[0],
                                batch_size=batch_size, workers=workers, backend=evaluator,
                                progress=lambda it, desc, total: track(it, desc, total))
-    out_dir = Path(output) if output else next_run_dir("eval")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result.write_json(out_dir / "metrics.json")
-    result.write_csv(out_dir / "per_class.csv")
+    with run_dir("eval", output) as out_dir:
+        result.write_json(out_dir / "metrics.json")
+        result.write_csv(out_dir / "per_class.csv")
     if json_out:
         import json
 

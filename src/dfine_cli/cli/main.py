@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from dfine_cli import __version__
-from dfine_cli.cli._common import set_verbose
+from dfine_cli.cli._common import install_sigterm_handler, set_verbose
+from dfine_cli.errors import EXIT_TERMINATED, Terminated
 
 app = typer.Typer(
     name="dfine",
@@ -34,8 +37,10 @@ def root(
 ) -> None:
     """D-FINE / DEIM object detection from one command.
 
-    Exit codes: 0 success, 1 internal error, 2 usage, 3 data, 4 model/checkpoint, 5 export,
-    6 missing dependency or hardware, 7 training stopped, 130 interrupted.
+    Exit codes: 0 success, 1 internal error, 2 usage, 3 data (also: some inputs of a
+    prediction failed), 4 model/checkpoint, 5 export, 6 missing dependency or hardware,
+    7 training stopped, 8 file system (disk full, read-only, permission denied),
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     set_verbose(verbose)
 
@@ -61,4 +66,9 @@ _register()
 
 
 def main() -> None:
-    app()
+    install_sigterm_handler()
+    try:
+        app()
+    except Terminated:  # SIGTERM outside a command (while starting up or parsing)
+        sys.stderr.write("error: terminated (SIGTERM)\n")
+        raise SystemExit(EXIT_TERMINATED) from None

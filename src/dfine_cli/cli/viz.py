@@ -9,6 +9,7 @@ import typer
 from dfine_cli.cli._common import handle_errors, print_json, track
 from dfine_cli.cli.commands_core import BackendChoice
 from dfine_cli.errors import UsageError
+from dfine_cli.fileio import check_output_file
 
 app = typer.Typer(no_args_is_help=True, help="Look at a model's results on a dataset.")
 
@@ -55,6 +56,7 @@ def _report(data, weights, output, split, conf, iou, gallery, backend, device, t
 
     if Path(output).suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--output must be an .html file, got {output}")
+    check_output_file(output)
     dataset, predictions, result = _predict(data, weights, split, backend, device, threads,
                                             batch_size, max_images)
     summary = write_report(

@@ -326,13 +326,10 @@ def _names_from_yaml(value: Any, source: Path) -> tuple[str, ...]:
 
 
 def _load_yaml_spec(path: Path) -> dict[str, Any]:
-    import yaml
+    from dfine_cli.fileio import read_yaml
 
     try:
-        with open(path, encoding="utf-8") as fh:
-            spec = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from exc
+        spec = read_yaml(path)  # "unsafe YAML" / "invalid YAML" as one-line data errors
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if not isinstance(spec, dict):

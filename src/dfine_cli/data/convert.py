@@ -12,14 +12,18 @@ Conventions of the output (the same for every source format):
   continuous coordinates (``w = xmax - xmin``, as torchvision and mmdetection ≥ 2 read them), so a
   box whose corners coincide stays a zero-area box for ``dfine data validate`` to report.
 
-Whatever cannot be converted (a malformed line, an unknown class, a missing image) is skipped,
-counted by reason and listed by example in the returned summary; nothing is skipped silently.
+Whatever cannot be converted (a malformed line, an unknown class, a missing image, a YOLO label
+file without an image, a box with a negative size or entirely outside its image) is skipped,
+counted by reason, logged as a warning and listed by example in the returned summary; nothing is
+skipped silently. YOLO boxes that reach past the image border are clipped to it (as Ultralytics
+does), counted and logged as a warning too.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -28,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from dfine_cli.errors import DataError, UsageError
-from dfine_cli.fileio import write_json
+from dfine_cli.fileio import read_yaml, write_json
 
 logger = logging.getLogger("dfine.data.convert")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _MAX_EXAMPLES = 5
+CLIPPED_NOTE = "box(es) reaching outside the image, clipped to it"
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,12 @@ class _Report:
         if len(self.examples[reason]) < _MAX_EXAMPLES:
             self.examples[reason].append(example)
 
+    def warn(self, note: str, example: str) -> None:
+        """Converted, but changed: counted in ``notes`` and logged as a warning."""
+        self.notes[note] += 1
+        if len(self.examples[note]) < _MAX_EXAMPLES:
+            self.examples[note].append(example)
+
 
 @dataclass(frozen=True)
 class _Image:
@@ -75,13 +86,34 @@ class _Image:
     height: int
 
 
+_NAMES_FILE_SUFFIXES = (".txt", ".names", ".yaml", ".yml", ".json", ".csv")
+
+
+def _looks_like_a_file(value: str) -> bool:
+    """True for what can only be meant as a file name (``dir/x``, ``classes.txt``)."""
+    if "," in value:
+        return False
+    return "/" in value or os.sep in value or Path(value).suffix.lower() in _NAMES_FILE_SUFFIXES
+
+
 def parse_names(value: str | Path | None) -> list[str] | None:
-    """``--names``: a comma-separated list, or a text file with one class name per line."""
+    """``--names``: a comma-separated list, a text file with one class name per line, or a
+    YAML/JSON file (a list, an ``{id: name}`` map, or a mapping with ``names``).
+
+    A value that names a file (has a folder part or a file suffix) but does not exist is a
+    :class:`DataError`, never a class named after the missing file.
+    """
     if value is None:
         return None
     path = Path(value)
-    if path.is_file():
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml", ".json"):
+        names = _names_from_yaml(path)
+    elif path.is_file():
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    elif path.exists():
+        raise DataError(f"--names {value}: not a file")
+    elif _looks_like_a_file(str(value)):
+        raise DataError(f"--names file not found: {value}")
     else:
         names = [name.strip() for name in str(value).split(",")]
     names = [n for n in names if n]
@@ -160,6 +192,9 @@ def _write_coco(
     write_json(output, coco)
     for reason, count in report.skipped.items():
         logger.warning("skipped %d: %s (e.g. %s)", count, reason, report.examples[reason][0])
+    for note, count in report.notes.items():
+        if report.examples.get(note):
+            logger.warning("%d %s (e.g. %s)", count, note, report.examples[note][0])
     return ConvertSummary(
         output=output,
         images_dir=images_dir,
@@ -177,12 +212,7 @@ def _write_coco(
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {' '.join(str(exc).split())}") from exc
+    spec = read_yaml(path)
     if not isinstance(spec, dict):
         raise DataError(f"{path}: expected a mapping (a YOLO data.yaml)")
     return spec
@@ -200,6 +230,15 @@ def _yaml_names(spec: dict[str, Any], path: Path) -> list[str]:
         if keys == list(range(len(keys))):
             return [str(names[k] if k in names else names[str(k)]) for k in keys]
     raise DataError(f"{path}: 'names' must be a list or a mapping 0..n-1 → name")
+
+
+def _names_from_yaml(path: Path) -> list[str]:
+    data = read_yaml(path)
+    if isinstance(data, list):
+        return [str(n) for n in data]
+    if isinstance(data, dict):
+        return _yaml_names(data if "names" in data else {"names": data}, path)
+    raise DataError(f"{path}: expected a list of names or an {{id: name}} mapping")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -299,6 +338,13 @@ def _yolo_boxes(
         else:
             report.skip("malformed label line", where)
             continue
+        if min(x0, y0, x1, y1) < 0 or max(x0, y0, x1, y1) > 1:
+            clipped = [min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1)]
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                report.skip("box entirely outside the image", where)
+                continue
+            report.warn(CLIPPED_NOTE, where)
+            x0, y0, x1, y1 = clipped
         box = [x0 * width, y0 * height, (x1 - x0) * width, (y1 - y0) * height]
         boxes.append((int(class_index) + 1, box))
     return boxes
@@ -330,8 +376,10 @@ def convert_yolo(
         )
     report = _Report()
     images: list[_Image] = []
+    labels_used: set[Path] = set()
     for folder in folders:
         for path in _image_files(folder):
+            labels_used.add(yolo_label_path(path).absolute())
             try:
                 path.relative_to(base)
             except ValueError:
@@ -348,7 +396,31 @@ def convert_yolo(
                 boxes = []
                 report.notes["image without a label file (kept as a negative)"] += 1
             images.append(_Image(path, boxes, width, height))
+    for label in _orphan_labels(folders, labels_used):
+        report.skip("label file without an image", str(label))
     return _write_coco(output, images, base, class_names, "YOLO", report)
+
+
+def _label_folder(images_folder: Path) -> Path | None:
+    """``.../images/train`` → ``.../labels/train`` (the last ``images`` part replaced)."""
+    parts = images_folder.parts
+    if "images" not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:at], "labels", *parts[at + 1 :])
+
+
+def _orphan_labels(folders: Sequence[Path], labels_used: set[Path]) -> list[Path]:
+    """YOLO label files of these image folders that belong to no image (``classes.txt`` aside)."""
+    orphans: set[Path] = set()
+    for folder in folders:
+        for where in (_label_folder(folder), folder):
+            if where is None or not where.is_dir():
+                continue
+            for label in where.rglob("*.txt"):
+                if label.name != "classes.txt" and label.absolute() not in labels_used:
+                    orphans.add(label)
+    return sorted(orphans)
 
 
 # --------------------------------------------------------------------------- Pascal VOC

@@ -442,13 +442,23 @@ def _exif_orientation(img: Any) -> int:
 
 
 def _is_finished(target: Path, width: int, height: int) -> bool:
+    """Whether ``target`` is a complete resized copy that a rerun may reuse.
+
+    Its header must match and the whole image must decode: a file cut short (copied while
+    being written, a disk that filled up, an older dfine that wrote in place) fails here and
+    is written again. The decode costs about as much as reading the copy once (a few ms for
+    a 640-pixel JPEG), far less than resizing the original again.
+    """
     from PIL import Image
 
     if not target.is_file():
         return False
     try:
         with Image.open(target) as done:
-            return done.format == "JPEG" and done.size == (width, height)
+            if done.format != "JPEG" or done.size != (width, height):
+                return False
+            done.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES stays off)
+            return True
     except Exception:
         return False
 

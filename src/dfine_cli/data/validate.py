@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dfine_cli.data.cocofile import DatasetSplit, load_coco
+from dfine_cli.data.cocofile import DatasetSplit, load_json
+from dfine_cli.errors import DataError
 
 Tracker = Callable[..., Iterable[Any]]
 ERROR, WARNING = "error", "warning"
@@ -53,6 +54,11 @@ CHECKS: dict[str, tuple[str, str]] = {
         "image has an EXIF orientation tag: loaders that apply it and loaders that ignore it see different pixels",
     ),
     "names_mismatch": (WARNING, "class names in the dataset YAML differ from the JSON categories"),
+    "no_annotations_key": (
+        WARNING,
+        "the file has no 'annotations' list: every image is a negative sample (no boxes)",
+    ),
+    "no_boxes": (WARNING, "the split has no box at all"),
 }
 _OUTSIDE_TOLERANCE = 1.0
 _MAX_EXAMPLES = 5
@@ -191,10 +197,13 @@ def validate_coco(
 ) -> ValidationReport:
     """Run every check on a loaded COCO dict whose images live under ``images_dir``.
 
-    ``decode=False`` only reads image headers (fast, but misses truncated files).
+    ``decode=False`` only reads image headers (fast, but misses truncated files). A dict
+    without an ``annotations`` key is checked as one without boxes (a warning).
     """
     images_dir = Path(images_dir)
     found = _Findings()
+    if "annotations" not in data:
+        found.add("no_annotations_key", f"{len(data['images'])} images, all negative samples")
 
     # Categories.
     category_ids: set[Any] = set()
@@ -275,7 +284,7 @@ def validate_coco(
     annotation_ids: set[Any] = set()
     used_categories: Counter[Any] = Counter()
     boxes = 0
-    for annotation in data["annotations"]:
+    for annotation in data.get("annotations", []):
         if not isinstance(annotation, dict) or not all(
             k in annotation for k in ("id", "image_id", "category_id")
         ):
@@ -309,6 +318,8 @@ def validate_coco(
             found.add("box_outside_image", f"{label}: bbox {bbox} in {width}x{height}")
     for category_id in sorted(category_ids - set(used_categories)):
         found.add("empty_category", f"category {category_id} ({category_names[category_id]})")
+    if boxes == 0:
+        found.add("no_boxes", f"{len(file_of)} images, 0 boxes")
 
     return ValidationReport(
         annotations=annotations,
@@ -324,7 +335,7 @@ def validate_split(
     split: DatasetSplit, *, decode: bool = True, workers: int = 1, track: Tracker = _no_progress
 ) -> ValidationReport:
     """Load ``split``'s annotation file (a :class:`DataError` if unreadable) and check it."""
-    data = load_coco(split.annotations)
+    data = _load_split(split.annotations)
     return validate_coco(
         data,
         split.images_dir,
@@ -334,6 +345,63 @@ def validate_split(
         workers=workers,
         track=track,
     )
+
+
+def _load_split(path: Path) -> dict[str, Any]:
+    """:func:`~dfine_cli.data.cocofile.load_coco`'s shape check, except that a missing ``annotations`` key is allowed
+    (reported as ``no_annotations_key``): a split of images without boxes."""
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if key == "annotations" and key not in data:
+            continue
+        if key not in data:
+            raise DataError(f"{path}: missing '{key}' (not a COCO annotation file?)")
+        if not isinstance(data[key], list):
+            raise DataError(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------- before training
+
+
+def check_before_training(
+    splits: dict[str, DatasetSplit],
+    *,
+    decode: bool = True,
+    workers: int = 1,
+    track: Tracker = _no_progress,
+) -> list[str]:
+    """The check ``dfine train`` runs on every split before its first step.
+
+    The same checks as ``dfine data validate`` (:func:`validate_split`), on every image of
+    every split. Returns one warning line per issue that training works around.
+
+    Raises:
+        DataError: any split has an error (the count and the first few files), or no split
+            has a single box.
+    """
+    reports = {name: validate_split(split, decode=decode, workers=workers, track=track)
+               for name, split in splits.items()}
+    problems: list[str] = []
+    warnings: list[str] = []
+    for name, report in reports.items():
+        where = report.annotations or report.images_dir
+        for issue in report.issues:
+            shown = "; ".join(issue.examples[:3]) + ("; ..." if issue.count > 3 else "")
+            line = f"{issue.count} × {issue.description}: {shown}"
+            (problems if issue.severity == ERROR else warnings).append(f"{name} split ({where}): {line}")
+    if problems:
+        total = sum(r.errors for r in reports.values())
+        raise DataError(f"{total} dataset error(s), found before training: {' | '.join(problems)} "
+                        f"(full report: dfine data validate)")
+    if not any(r.boxes for r in reports.values()):
+        why = {name: "no 'annotations' key" if any(i.check == "no_annotations_key" for i in r.issues)
+               else f"{r.images} images, 0 boxes" for name, r in reports.items()}
+        raise DataError("no split has a single box, nothing to learn from: "
+                        + "; ".join(f"{n} ({r.annotations}): {why[n]}" for n, r in reports.items()))
+    return warnings
 
 
 # --------------------------------------------------------------------------- stats
@@ -381,7 +449,7 @@ def coco_stats(data: dict[str, Any]) -> DatasetStats:
     images_per_class: dict[Any, set[Any]] = {}
     sides: list[float] = []
     box_sizes = {"small": 0, "medium": 0, "large": 0}
-    for annotation in data["annotations"]:
+    for annotation in data.get("annotations", []):
         if not isinstance(annotation, dict) or not _valid_bbox(annotation.get("bbox")):
             continue
         boxes_per_image[annotation.get("image_id")] += 1
@@ -422,4 +490,4 @@ def coco_stats(data: dict[str, Any]) -> DatasetStats:
 
 
 def split_stats(split: DatasetSplit) -> DatasetStats:
-    return coco_stats(load_coco(split.annotations))
+    return coco_stats(_load_split(split.annotations))

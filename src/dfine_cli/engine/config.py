@@ -7,6 +7,8 @@ key=value`` overrides both.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from dfine_cli.engine.stages import STAGE2_MODES
 from dfine_cli.errors import UsageError
 
 
@@ -36,12 +39,15 @@ class TrainConfig:
     ema: bool = True
     ema_decay: float = 0.9999
     ema_warmups: int = 1000
+    pretrained: bool = True  # ImageNet HGNetv2 backbone (not with tune/resume)
     tune: str | None = None
     tune_variant: str | None = None
+    class_map: dict[str, str] = field(default_factory=dict)  # dataset class -> checkpoint class
     resume: str | None = None
     patience: int | None = None
     output: str | None = None
     name: str | None = None
+    exist_ok: bool = False  # start a new run in a folder that holds files (overwrites them)
     seed: int = 0
     eval_every: int = 1
     freeze_backbone: bool = False
@@ -55,6 +61,8 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
     train_split: str = "train"
     val_split: str = "val"
+    check_images: str = "decode"  # before training: decode every image, or read headers only
+    stage2: str = "best"  # two-stage policy: reload the best stage-1 state (engine/stages.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,10 +123,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
+    from dfine_cli.errors import DataError
+    from dfine_cli.fileio import read_yaml
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        data = read_yaml(path) or {}
+    except DataError as exc:  # a config file is an argument: its errors are usage errors
+        raise UsageError(str(exc)) from None
     if not isinstance(data, dict):
         raise UsageError(f"{path} must be a mapping of training settings")
     return data
@@ -139,25 +150,119 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def validate(cfg: TrainConfig) -> TrainConfig:
+#: Allowed values of the settings that name a choice defined here (others: see ``_rules``).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "amp_dtype": ("auto", "bf16", "fp16"),
+    "check_images": ("decode", "header"),
+    "stage2": STAGE2_MODES,
+}
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    origin = typing.get_origin(hint) or hint
+    return isinstance(value, origin)
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+    base = names.get(args[0], "a mapping" if (typing.get_origin(args[0]) or args[0]) is dict else str(args[0]))
+    return base + (" or null" if union and type(None) in typing.get_args(hint) else "")
+
+
+def _rules(cfg: TrainConfig) -> list[tuple[str, bool, str]]:
+    """``(key, valid, what is allowed)`` for every setting with a range or choices."""
+    from dfine_cli.engine.evaluator import BACKENDS, STAT_NAMES
     from dfine_cli.models.presets import SIZES, VARIANTS
 
-    if not cfg.data:
+    def optional_min(value: int | None, low: int) -> bool:
+        return value is None or value >= low
+
+    name_ok = cfg.name is None or (cfg.name not in ("", ".", "..") and not set(cfg.name) & set("/\\"))
+    return [
+        ("model", cfg.model in SIZES, f"one of {', '.join(SIZES)}"),
+        ("recipe", cfg.recipe in VARIANTS, f"one of {', '.join(VARIANTS)}"),
+        ("epochs", optional_min(cfg.epochs, 1), "an integer >= 1"),
+        ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
+        ("img_size", cfg.img_size >= 32 and cfg.img_size % 32 == 0, "a positive multiple of 32 (32, 64, 96, ..., 640, ...)"),
+        ("lr_scale", math.isfinite(cfg.lr_scale) and cfg.lr_scale > 0, "a finite number > 0"),
+        ("workers", cfg.workers >= 0, "an integer >= 0"),
+        ("device", bool(_DEVICE.fullmatch(cfg.device)), "auto, cpu, mps, cuda or cuda:N"),
+        ("ema_decay", math.isfinite(cfg.ema_decay) and 0 <= cfg.ema_decay < 1, "a number in [0, 1)"),
+        ("ema_warmups", cfg.ema_warmups >= 0, "an integer >= 0"),
+        ("tune_variant", cfg.tune_variant is None or cfg.tune_variant in VARIANTS,
+         f"one of {', '.join(VARIANTS)}"),
+        ("patience", optional_min(cfg.patience, 1), "an integer >= 1"),
+        ("name", name_ok, "a folder name without / or \\"),
+        ("output", cfg.output is None or cfg.output.strip() != "", "a folder path"),
+        ("seed", 0 <= cfg.seed < 2**32, "an integer in [0, 2^32)"),
+        ("eval_every", cfg.eval_every >= 1, "an integer >= 1"),
+        ("clip_max_norm", math.isfinite(cfg.clip_max_norm) and cfg.clip_max_norm >= 0,
+         "a finite number >= 0 (0 turns clipping off)"),
+        ("warmup_iters", optional_min(cfg.warmup_iters, 0), "an integer >= 0"),
+        ("max_nonfinite", cfg.max_nonfinite >= 1, "an integer >= 1"),
+        ("save_every_steps", optional_min(cfg.save_every_steps, 1), "an integer >= 1"),
+        ("num_denoising", cfg.num_denoising >= 0, "an integer >= 0"),
+        ("metric", cfg.metric in STAT_NAMES, f"one of {', '.join(STAT_NAMES)}"),
+        ("eval_backend", cfg.eval_backend in BACKENDS, f"one of {', '.join(BACKENDS)}"),
+        ("train_split", cfg.train_split.strip() != "", "a split name"),
+        ("val_split", cfg.val_split.strip() != "", "a split name"),
+        *((key, getattr(cfg, key) in allowed, f"one of {', '.join(allowed)}") for key, allowed in CHOICES.items()),
+    ]
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every setting's type, range or choices (NaN and infinity included).
+
+    Raises:
+        UsageError: naming the setting, its value and what is allowed.
+    """
+    from dfine_cli.engine.recipes import build_recipe
+
+    for key, hint in _HINTS.items():
+        value = getattr(cfg, key)
+        if not _type_ok(value, hint):
+            raise UsageError(f"invalid setting {key}={value!r}: must be {_type_name(hint)}")
+    if not cfg.data and not cfg.resume:
         raise UsageError("--data is required")
-    if cfg.model not in SIZES:
-        raise UsageError(f"--model must be one of {', '.join(SIZES)}")
-    if cfg.recipe not in VARIANTS:
-        raise UsageError(f"--recipe must be one of {', '.join(VARIANTS)}")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise UsageError("--epochs must be >= 1")
-    if cfg.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
-    if cfg.img_size < 32 or cfg.img_size % 32:
-        raise UsageError("--img-size must be a positive multiple of 32")
-    if cfg.amp_dtype not in ("auto", "bf16", "fp16"):
-        raise UsageError("amp_dtype must be auto, bf16 or fp16")
-    if cfg.eval_every < 1:
-        raise UsageError("--eval-every must be >= 1")
-    if cfg.patience is not None and cfg.patience < 1:
-        raise UsageError("--patience must be >= 1")
+    for key, valid, allowed in _rules(cfg):
+        if not valid:
+            raise UsageError(f"invalid setting {key}={getattr(cfg, key)!r}: must be {allowed}")
+    try:  # unknown augmentation keys and values out of range
+        recipe = build_recipe(cfg.recipe, cfg.model, cfg.epochs, cfg.img_size, cfg.augment)
+    except (UsageError, TypeError, ValueError) as exc:
+        raise UsageError(f"invalid setting augment={cfg.augment!r}: {exc}") from None
+    smallest = min_img_size(cfg.model, cfg.recipe, multiscale=recipe.augment.base_size_repeat is not None)
+    if cfg.img_size < smallest:
+        raise UsageError(f"invalid setting img_size={cfg.img_size}: D-FINE-{cfg.model.upper()} needs at "
+                         f"least {smallest} (its queries need as many feature-map positions)")
     return cfg
+
+
+def min_img_size(model: str, recipe: str, multiscale: bool) -> int:
+    """Smallest multiple of 32 whose feature maps hold at least ``num_queries`` positions.
+
+    With multi-scale training the smallest batch size (0.75 × the size) must hold them too.
+    """
+    from dfine_cli.data.transforms import generate_scales
+    from dfine_cli.models.presets import preset
+
+    config = preset(model, variant=recipe)
+    size = 32
+    while True:
+        low = min(generate_scales(size, 1)) if multiscale else size
+        if sum((low // stride) ** 2 for stride in config.feat_strides) >= config.num_queries:
+            return size
+        size += 32

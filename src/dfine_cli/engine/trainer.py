@@ -30,18 +30,23 @@ from dfine_cli.checkpoint import (
     save_payload,
 )
 from dfine_cli.data.cocofile import resolve_dataset
-from dfine_cli.data.dataset import CocoDetectionDataset, check_dataset
+from dfine_cli.data.dataset import CocoDetectionDataset
 from dfine_cli.data.transforms import BatchCollator, TrainTransforms
+from dfine_cli.data.validate import check_before_training
 from dfine_cli.device import resolve_device
-from dfine_cli.engine.config import TrainConfig
+from dfine_cli.engine.config import TrainConfig, validate
 from dfine_cli.engine.criterion import build_criterion
+from dfine_cli.engine.dataset_fingerprint import check_same_dataset
 from dfine_cli.engine.evaluate import EvalSplit, eval_loader, make_eval_split, run_evaluation
 from dfine_cli.engine.evaluator import EvalResult
+from dfine_cli.engine.finetune import adapt_state_to_classes
 from dfine_cli.engine.optim import ModelEMA, apply_lr, build_param_groups, lr_factor
 from dfine_cli.engine.recipes import Recipe, build_recipe
-from dfine_cli.engine.run_files import RunFiles
+from dfine_cli.engine.run_files import RunFiles, RunFolder, claim_new_run, claim_resumed_run
+from dfine_cli.engine.run_lock import RunFolderInUse, live_owner
+from dfine_cli.engine.stages import STAGE1_BEST, TwoStagePolicy
 from dfine_cli.errors import CheckpointError, DataError, TrainingError, UsageError
-from dfine_cli.fileio import next_run_dir
+from dfine_cli.hub.pretrained import load_pretrained_backbone
 from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.dfine import DFINE, DeployModel
 from dfine_cli.models.outputs import DetectorOutput
@@ -126,19 +131,40 @@ def _targets_to(targets: list[dict[str, Any]], device: torch.device) -> list[dic
 
 
 def resolve_resume(resume: str, name: str | None = None) -> Path:
-    """``auto`` → newest ``runs/train/*/last.pth``; a run folder → its ``last.pth``."""
+    """``auto`` → the newest ``runs/train/*/last.pth`` of a run that no live process trains
+    in; a run folder → its ``last.pth``.
+
+    Raises:
+        CheckpointError: nothing to resume.
+        UsageError: the run is being trained by another live process (for ``auto``: every
+            run is), naming its pid and host (:mod:`dfine_cli.engine.run_lock`).
+    """
     if resume == "auto":
         root = Path("runs") / "train"
         pattern = f"{name}*/last.pth" if name else "*/last.pth"
         candidates = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise CheckpointError(f"--resume auto: no {root}/{pattern} to resume from")
-        return candidates[-1]
+        live = {p: live_owner(p.parent) for p in candidates}
+        idle = [p for p in candidates if live[p] is None]
+        for path in candidates[candidates.index(idle[-1]) + 1 :] if idle else candidates:
+            owner = live[path]
+            log.info("--resume auto: skipping %s, %s trains in it", path.parent,
+                     owner.describe() if owner else "a live process")
+        if not idle:
+            newest, owner = candidates[-1], live[candidates[-1]]
+            raise UsageError(f"--resume auto: every run with a last.pth is training in another "
+                             f"process (newest: {newest.parent}, "
+                             f"{owner.describe() if owner else 'a live process'})")
+        return idle[-1]
     path = Path(resume)
     if path.is_dir():
         path = path / "last.pth"
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
+    owner = live_owner(path.parent)
+    if owner is not None:
+        raise RunFolderInUse(path.parent, owner)
     return path
 
 
@@ -153,6 +179,7 @@ class Trainer:
         self.ddp_wrap = ddp_wrap
         self.resume_state: dict[str, Any] | None = None
         self.resume_path: Path | None = None
+        self.run_folder: RunFolder | None = None  # rank 0: the claimed, locked run folder
         if cfg.resume:
             self.resume_path = resolve_resume(cfg.resume, cfg.name)
             ckpt = read_checkpoint(self.resume_path)
@@ -160,22 +187,25 @@ class Trainer:
                 raise CheckpointError(f"{self.resume_path} has no training state to resume")
             self.resume_state = ckpt.training
             saved = dict(ckpt.training["config"])
-            keep = {k: getattr(cfg, k) for k in ("epochs", "device", "workers", "patience") if getattr(cfg, k) is not None}
+            keep = {k: getattr(cfg, k) for k in ("epochs", "device", "workers", "patience", "check_images")
+                    if getattr(cfg, k) is not None}
             self.cfg = dataclasses.replace(TrainConfig(**saved), **keep, resume=cfg.resume)
+        validate(self.cfg)
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        self._claim_run_dir()
         self.device = resolve_device(None if cfg.device == "auto" else cfg.device)
         if self.dist.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         torch.manual_seed(cfg.seed)
         train_split = resolve_dataset(cfg.data, cfg.train_split)
         val_split = resolve_dataset(cfg.data, cfg.val_split)
-        for split in (train_split, val_split):
-            report = check_dataset(split.images_dir, split.annotations)
-            for line in getattr(report, "warnings", ()) or ():
-                log.warning("%s", line)
+        if self.dist.world > 1:  # every node's --data must hold the same content
+            check_same_dataset({"train": train_split, "val": val_split})
+        if self.dist.is_main:
+            self._check_data({cfg.train_split: train_split, cfg.val_split: val_split})
         self.recipe: Recipe = build_recipe(cfg.recipe, cfg.model, cfg.epochs, cfg.img_size, cfg.augment)
         self.train_transforms = TrainTransforms(self.recipe.augment, seed=cfg.seed)
         self.train_set = CocoDetectionDataset(train_split.images_dir, train_split.annotations,
@@ -189,6 +219,7 @@ class Trainer:
         if train_split.names and len(train_split.names) == len(names):
             names = list(train_split.names)
         self.num_classes = self.train_set.num_classes
+        self.class_names = names
         self.model = self._build_model()
         self.info = ModelInfo(
             config=self.model_config, class_names=names,
@@ -221,20 +252,50 @@ class Trainer:
         self.best_metric, self.best_epoch = -1.0, -1
         self.history: list[dict[str, Any]] = []
         self.skipped_steps = 0
+        self.epoch_sums: dict[str, float] = {}  # running loss sums of the epoch in progress
+        self.epoch_count = 0  # optimizer steps they cover
+        self.stages = TwoStagePolicy(cfg.stage2, self.recipe.no_aug_start, self.recipe.epochs,
+                                     restart_decay=self.recipe.plan.ema_restart_decay)
+        self.stage1_best: dict[str, Any] | None = None  # in memory on every rank (no shared disk needed)
+        self.stage1_best_epoch = -1
+        self.stage2_reloads = 0
         if self.resume_state is not None:
             self._restore(self.resume_state)
-            self.run_dir = self.resume_path.parent if self.resume_path else Path(cfg.output or ".")
-        elif self.dist.is_main:
-            self.run_dir = Path(cfg.output) if cfg.output else next_run_dir("train", cfg.name)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            self.run_dir = Path(cfg.output or ".")
+            self._restore_stage1_best()
         self.files = RunFiles(self.run_dir, enabled=self.dist.is_main)
         if self.dist.is_main:
             for stale in self.run_dir.glob(".*.pth.*.tmp*"):  # left by a job killed mid-write
                 stale.unlink(missing_ok=True)
         if self.dist.is_main:
             self.files.write_config(self.cfg.to_dict() | {"resolved": self._resolved()})
+
+    def _claim_run_dir(self) -> None:
+        """Set ``run_dir``; rank 0 creates and locks it (refusing a folder of another run)."""
+        if not self.dist.is_main:
+            self.run_dir = self.resume_path.parent if self.resume_path else Path(self.cfg.output or ".")
+            return
+        if self.resume_path is not None:
+            self.run_folder = claim_resumed_run(self.resume_path.parent)
+        else:
+            self.run_folder = claim_new_run(self.cfg.output, self.cfg.name, self.cfg.exist_ok)
+        self.run_dir = self.run_folder.path
+
+    def _check_data(self, splits: dict[str, Any]) -> None:
+        """Every image of every split decodes (or, ``check_images=header``, opens)."""
+        decode = self.cfg.check_images == "decode"
+        images = 0
+
+        def track(items: Iterable[Any], description: str, total: int | None = None) -> Iterable[Any]:
+            nonlocal images
+            images += total or 0
+            return self.progress(items, description, total) if self.progress else items
+
+        t0 = time.perf_counter()
+        warnings = check_before_training(splits, decode=decode, workers=self.cfg.workers, track=track)
+        for line in warnings:
+            log.warning("%s", line)
+        log.info("checked %d images of %d split(s) in %.1f s (%s)", images, len(splits),
+                 time.perf_counter() - t0, "full decode" if decode else "headers only")
 
     def _resolved(self) -> dict[str, Any]:
         r = self.recipe
@@ -243,12 +304,15 @@ class Trainer:
                 "backbone_lr": r.optim.backbone_lr * self.cfg.lr_scale,
                 "weight_decay": r.optim.weight_decay, "schedule": dataclasses.asdict(self.schedule),
                 "per_process_batch": self.per_rank_batch, "processes": self.dist.world,
-                "num_classes": self.num_classes, "device": str(self.device)}
+                "num_classes": self.num_classes, "device": str(self.device),
+                "weights": self.weights_source}
 
     def _build_model(self) -> DFINE:
         cfg = self.cfg
         config = preset(cfg.model, num_classes=self.num_classes, variant=cfg.recipe,
                         num_denoising=cfg.num_denoising)
+        if cfg.class_map and not cfg.tune:
+            raise UsageError("--class-map applies to --tune runs (it maps dataset classes to checkpoint classes)")
         if cfg.tune:
             ckpt = read_checkpoint(cfg.tune, variant=cfg.tune_variant)
             if ckpt.info.config.name != cfg.model:
@@ -258,16 +322,19 @@ class Trainer:
                                               mlp_activation=config.mlp_activation)
             model = build_model_from_config(config)
             state = dict(ckpt.state_dict)
-            if ckpt.info.num_classes != self.num_classes:
-                own = model.state_dict()
-                reset = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
-                for k in reset:
-                    state[k] = own[k]
-                log.warning("class count differs (%d in checkpoint, %d in data): re-initialised %s",
-                            ckpt.info.num_classes, self.num_classes, ", ".join(reset))
+            adapt_state_to_classes(state, model.state_dict(), self.class_names,
+                                   ckpt.info.class_names, cfg.class_map)
             load_weights(model, state, source=str(cfg.tune))
+            self.weights_source = f"all weights from {cfg.tune}"
         else:
             model = build_model_from_config(config)
+            if self.resume_state is not None:
+                self.weights_source = f"all weights from {self.resume_path} (resumed)"
+            elif cfg.pretrained:
+                self.weights_source = load_pretrained_backbone(model, config) + \
+                    "; encoder and decoder: random initialisation"
+            else:
+                self.weights_source = "random initialisation (no pretrained backbone)"
         self.model_config = config
         return model
 
@@ -281,8 +348,13 @@ class Trainer:
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
             "best_metric": self.best_metric, "best_epoch": self.best_epoch,
             "history": self.history, "skipped_steps": self.skipped_steps,
+            "epoch_sums": dict(self.epoch_sums) if step_in_epoch else {},
+            "epoch_count": self.epoch_count if step_in_epoch else 0,
             "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "stage1_best_epoch": self.stage1_best_epoch, "stage2_reloads": self.stage2_reloads,
             "config": self.cfg.to_dict(),
+            "weights": self.weights_source,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -299,8 +371,58 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.history = list(state["history"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.epoch_sums = {k: float(v) for k, v in state.get("epoch_sums", {}).items()}
+        self.epoch_count = int(state.get("epoch_count", 0))
         self._resume_rng = state["rng_torch"]
+        self._resume_rng_cuda = state.get("rng_cuda")
+        self.stage1_best_epoch = int(state.get("stage1_best_epoch", -1))
+        self.stage2_reloads = int(state.get("stage2_reloads", 0))
         log.info("resuming at epoch %d, step %d", self.start_epoch + 1, self.skip_batches)
+
+    # -- two-stage policy (engine/stages.py) -------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        """CPU copies of what a stage-2 reload restores: weights, EMA, optimizer, scaler."""
+        return _cpu_copy({"model": self.model.state_dict(),
+                          "ema": self.ema.state_dict() if self.ema else None,
+                          "optimizer": self.optimizer.state_dict(),
+                          "scaler": self.scaler.state_dict() if self.scaler else None})
+
+    def _keep_stage1_best(self, epoch: int) -> None:
+        """Remember the state after 0-based ``epoch`` (an improving stage-1 epoch)."""
+        self.stage1_best = self._snapshot()
+        self.stage1_best_epoch = epoch + 1
+        self.save(STAGE1_BEST, epoch + 1, 0)  # rank 0: lets a resumed run reload it too
+
+    def _restore_stage1_best(self) -> None:
+        """On resume, read the remembered stage-1 state back from ``best_stg1.pth``."""
+        if not self.stages.enabled or self.stage1_best_epoch < 1:
+            return
+        path = self.run_dir / STAGE1_BEST
+        have = path.is_file()
+        if self.dist.world > 1:  # every rank must agree, or a reload would desynchronise them
+            flag = torch.tensor([1.0 if have else 0.0])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            have = bool(flag.item() > 0)
+        if not have:
+            log.warning("%s is not readable on every node: stage 2 continues without reloads", path)
+            return
+        state = read_checkpoint(path).training or {}
+        self.stage1_best = {k: state.get(k) for k in ("model", "ema", "optimizer", "scaler")}
+
+    def _reload_stage1_best(self, reason: str) -> None:
+        snap = self.stage1_best
+        assert snap is not None
+        self.model.load_state_dict(snap["model"])
+        if self.ema is not None and snap.get("ema"):
+            self.ema.load_state_dict(snap["ema"])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        if self.scaler is not None and snap.get("scaler"):
+            self.scaler.load_state_dict(snap["scaler"])
+        self.stage2_reloads += 1
+        if self.ema is not None:
+            self.ema.decay = self.stages.ema_decay_after(self.stage2_reloads)
+        log.info("%s: back to the best stage-1 state (epoch %d)%s", reason, self.stage1_best_epoch,
+                 f", EMA decay {self.ema.decay:.4f}" if self.ema is not None else "")
 
     def save(self, name: str, epoch: int, step_in_epoch: int) -> Path:
         """Write ``name`` atomically (rank 0 only); returns its path."""
@@ -327,8 +449,11 @@ class Trainer:
         iterator = iter(self.loader)  # draws the loader's base seed from the global RNG
         if resuming:
             torch.set_rng_state(self._resume_rng)
-        sums: dict[str, float] = {}
-        count = 0
+            if self._resume_rng_cuda is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._resume_rng_cuda, self.device)
+        # A mid-epoch resume continues the sums of the steps before it: same epoch mean.
+        sums: dict[str, float] = dict(self.epoch_sums) if resuming else {}
+        count = self.epoch_count if resuming else 0
         consecutive_bad = 0
         batches: Iterable[Any] = iterator
         if self.progress is not None and self.dist.is_main:
@@ -380,7 +505,9 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             if cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0 and step + 1 < self.iters_per_epoch:
+                self.epoch_sums, self.epoch_count = self._mean_over_ranks(sums), count
                 self.save("last.pth", epoch, step + 1)
+        self.epoch_sums, self.epoch_count = {}, 0
         self.skip_batches = 0
         self.sampler.skip = 0
         avg = {k: v / max(count, 1) for k, v in sums.items()}
@@ -391,6 +518,15 @@ class Trainer:
             avg = {k: float(v) / self.dist.world for k, v in zip(keys, values)}
         avg["lr"] = self.optimizer.param_groups[0]["lr"]
         return avg
+
+    def _mean_over_ranks(self, sums: dict[str, float]) -> dict[str, float]:
+        """Loss sums averaged over processes (every rank resumes from rank 0's checkpoint)."""
+        if self.dist.world == 1 or not sums:
+            return dict(sums)
+        keys = sorted(sums)
+        values = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(values)
+        return {k: float(v) / self.dist.world for k, v in zip(keys, values, strict=True)}
 
     def evaluate(self) -> EvalResult:
         module = self.ema.module if self.ema else self.model
@@ -410,18 +546,34 @@ class Trainer:
         return result
 
     def fit(self) -> TrainResult:
+        """Set up and train; the run folder's lock is released however this ends."""
+        try:
+            return self._fit()
+        finally:
+            if self.run_folder is not None:
+                self.run_folder.close()
+                self.run_folder = None
+
+    def _fit(self) -> TrainResult:
         self.setup()
         cfg = self.cfg
         stopped_early = False
         epoch = self.start_epoch
+        log.info("%s", self.weights_source)
         log.info("training D-FINE-%s (%s recipe) on %d images, %d classes, %d epochs, %d iterations/epoch, "
                  "batch %d (%d per process), device %s -> %s", cfg.model.upper(), cfg.recipe,
                  len(self.train_set), self.num_classes, self.recipe.epochs, self.iters_per_epoch,
                  cfg.batch_size, self.per_rank_batch, self.device, self.run_dir)
         for epoch in range(self.start_epoch, self.recipe.epochs):
             t0 = time.perf_counter()
+            reloaded = self.skip_batches == 0 and self.stages.reload_before(epoch, self.stage1_best is not None)
+            if reloaded:
+                self._reload_stage1_best(f"stage 2 starts at epoch {epoch + 1}")
             stats = self.train_one_epoch(epoch)
-            record: dict[str, Any] = {"epoch": epoch + 1, "time_s": round(time.perf_counter() - t0, 2), **stats}
+            record: dict[str, Any] = {"epoch": epoch + 1, "time_s": round(time.perf_counter() - t0, 2),
+                                      "stage": 2 if self.stages.in_stage2(epoch) else 1, **stats}
+            if reloaded:
+                record["started_from_epoch"] = self.stage1_best_epoch
             is_last = epoch + 1 == self.recipe.epochs
             if (epoch + 1) % cfg.eval_every == 0 or is_last:
                 result = self.evaluate()
@@ -434,10 +586,15 @@ class Trainer:
                     self.save("best.pth", epoch + 1, 0)
                     if self.dist.is_main:
                         result.write_json(self.run_dir / "best_eval.json")
+                    if self.stages.keeps_stage1_best(epoch):
+                        self._keep_stage1_best(epoch)
                 else:
                     self.history.append(record)
                 log.info("epoch %d: loss %.4f, val %s %.4f (best %.4f @ %d)", epoch + 1,
                          stats.get("loss", float("nan")), cfg.metric, metric, self.best_metric, self.best_epoch)
+                if self.stages.reload_after(epoch, evaluated=True, improved=improved,
+                                            have_stage1_best=self.stage1_best is not None):
+                    self._reload_stage1_best(f"epoch {epoch + 1} did not improve {cfg.metric}")
             else:
                 self.history.append(record)
                 log.info("epoch %d: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
@@ -453,6 +610,45 @@ class Trainer:
                            self.history, stopped_early, self.skipped_steps)
 
 
+def _cpu_copy(obj: Any) -> Any:
+    """Deep copy of nested dicts/lists of tensors, with every tensor cloned to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
 def train(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Run a single-process training described by ``cfg``."""
     return Trainer(cfg, progress=progress).fit()
+
+
+def launch_training(cfg: TrainConfig, options: Any, verbose: bool = False) -> dict[str, Any]:
+    """Multi-process training started from this process (``distributed.launch``).
+
+    On node 0 this process claims the run folder (refusing one of another run, see
+    :func:`~dfine_cli.engine.run_files.claim_new_run`) and holds its lock for the workers,
+    which see it as theirs; it is released, and an empty new folder removed, when they end.
+    ``options`` is a :class:`~dfine_cli.engine.distributed.LaunchOptions`.
+    """
+    from dfine_cli.engine import distributed
+
+    main_node = options.node_rank == 0
+    folder: RunFolder | None = None
+    if cfg.resume:
+        resumed = resolve_resume(cfg.resume, cfg.name)
+        cfg = dataclasses.replace(cfg, output=str(resumed.parent), resume=str(resumed))
+        if main_node:
+            folder = claim_resumed_run(resumed.parent)
+    elif main_node:
+        folder = claim_new_run(cfg.output, cfg.name, cfg.exist_ok)
+        cfg = dataclasses.replace(cfg, output=str(folder.path))
+    try:
+        with folder.lock.shared_with_children() if folder else contextlib.nullcontext():
+            return distributed.launch(cfg, options, verbose=verbose)
+    finally:
+        if folder is not None:
+            folder.close()

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from dfine_cli.checkpoint import ModelInfo
 from dfine_cli.errors import ExportError, UsageError, require
-from dfine_cli.export.compare import compare_detections
+from dfine_cli.export.compare import UnmatchedDetection, compare_detections
 from dfine_cli.export.onnx import (
     INPUT_NAMES,
     check_inputs,
@@ -139,30 +139,43 @@ def tolerance_for(precision: str) -> Tolerance:
 
 @dataclass(frozen=True)
 class EngineCheck:
-    """The outcome of running the same batch through the engine and the reference."""
+    """The outcome of running the same batch through the engine and the reference.
+
+    Every figure is finite: ``max_box_diff`` is over matched detections, and a detection
+    without a partner is described by ``worst_unmatched``; ``problem`` names a mismatch
+    that prevents any comparison (different output shapes).
+    """
 
     batch: int
     max_score_diff: float
-    max_box_diff: float  # pixels, over compared detections
+    max_box_diff: float  # pixels, over matched detections
     matched_fraction: float  # of compared detections
     compared: int  # detections compared for boxes (reference score >= min_score)
     tolerance: Tolerance
+    worst_unmatched: UnmatchedDetection | None = None
+    problem: str | None = None
 
     @property
     def passed(self) -> bool:
         return (
-            self.max_score_diff <= self.tolerance.score
+            self.problem is None
+            and self.max_score_diff <= self.tolerance.score
             and self.max_box_diff <= self.tolerance.box_px
             and self.matched_fraction >= 1.0
         )
 
     def describe(self) -> str:
-        return (
+        if self.problem is not None:
+            return f"batch {self.batch}: {self.problem}"
+        text = (
             f"batch {self.batch}: max |score diff| {self.max_score_diff:.3g} "
             f"(tolerance {self.tolerance.score:g}), max |box diff| {self.max_box_diff:.3g} px "
             f"(tolerance {self.tolerance.box_px:g}), {self.matched_fraction:.1%} of "
             f"{self.compared} detections matched"
         )
+        if self.worst_unmatched is not None:
+            text += f"; worst unmatched: {self.worst_unmatched.describe()}"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +185,8 @@ class EngineCheck:
             "matched_fraction": self.matched_fraction,
             "compared": self.compared,
             "tolerance": dataclasses.asdict(self.tolerance),
+            "worst_unmatched": None if self.worst_unmatched is None else self.worst_unmatched.to_dict(),
+            "problem": self.problem,
             "passed": self.passed,
         }
 
@@ -184,15 +199,19 @@ def check_outputs(expected: Outputs, actual: Outputs, tolerance: Tolerance) -> E
 
     Scores are compared rank by rank over all ``K`` (both are sorted, so reordering of equal
     scores does not matter); boxes and labels over the reference's detections scoring at
-    least ``tolerance.min_score``, tie-aware (see :func:`~dfine_cli.export.compare.compare_detections`).
+    least ``tolerance.min_score``, tie-aware and one to one (see
+    :func:`~dfine_cli.export.compare.compare_detections`).
     """
     e_labels, e_boxes, e_scores = (np.asarray(a) for a in expected)
     a_labels, a_boxes, a_scores = (np.asarray(a) for a in actual)
     batch = int(e_scores.shape[0]) if e_scores.ndim else 0
     if e_scores.shape != a_scores.shape or e_boxes.shape != a_boxes.shape:
-        return EngineCheck(batch, float("inf"), float("inf"), 0.0, 0, tolerance)
+        problem = (f"output shapes differ: scores {a_scores.shape}, boxes {a_boxes.shape} "
+                   f"(reference {e_scores.shape}, {e_boxes.shape})")
+        return EngineCheck(batch, 0.0, 0.0, 0.0, 0, tolerance, problem=problem)
     max_score = float(np.abs(e_scores.astype(np.float64) - a_scores).max()) if e_scores.size else 0.0
     worst_box, matched, compared = 0.0, 0.0, 0
+    worst: UnmatchedDetection | None = None
     for b in range(batch):
         k = int((e_scores[b] >= tolerance.min_score).sum())
         if k == 0:
@@ -203,11 +222,13 @@ def check_outputs(expected: Outputs, actual: Outputs, tolerance: Tolerance) -> E
             score_tol=tolerance.score,
             box_tol=tolerance.box_px,
         )
-        worst_box = max(worst_box, part.max_box_diff)  # inf when a detection has no partner
-        matched += part.matched_fraction * k
-        compared += k
+        worst_box = max(worst_box, part.max_box_diff)
+        matched += part.matched_fraction * part.compared
+        compared += part.compared
+        if part.worst_unmatched is not None and worst is None:
+            worst = dataclasses.replace(part.worst_unmatched, image=b)
     fraction = matched / compared if compared else 1.0
-    return EngineCheck(batch, max_score, worst_box, fraction, compared, tolerance)
+    return EngineCheck(batch, max_score, worst_box, fraction, compared, tolerance, worst)
 
 
 CHECK_COLUMNS = ("batch", "max score diff", "max box diff (px)", "matched", "tolerance", "result")
