@@ -282,6 +282,26 @@ def infer_config(state: dict[str, Tensor], variant: str = "dfine") -> ModelConfi
 
 
 # -- loading into a model ------------------------------------------------------------------
+def state_dict_mismatch(own: dict[str, Tensor], state: dict[str, Tensor]) -> str | None:
+    """Why ``state`` would not load strictly into a module whose state dict is ``own``.
+
+    Returns one line counting the missing keys, unexpected keys and shape mismatches with a
+    few examples of each, or ``None`` when the keys and shapes agree.
+    """
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatch(es) (e.g. {'; '.join(mismatched[:2])})")
+    return "; ".join(parts) or None
+
+
 def load_weights(model: torch.nn.Module, state: dict[str, Tensor], *, source: str = "") -> None:
     """Strictly load ``state`` (official layout) into ``model``; one-line errors on mismatch."""
     own = model.state_dict()
@@ -292,23 +312,10 @@ def load_weights(model: torch.nn.Module, state: dict[str, Tensor], *, source: st
         log.info("%s has no denoising embedding (unused at inference); keeping a fresh one",
                  source or "checkpoint")
         clean[dn_key] = own[dn_key]
-    missing = [k for k in own if k not in clean]
-    unexpected = [k for k in clean if k not in own]
-    mismatched = [
-        f"{k} {tuple(clean[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in clean and tuple(clean[k].shape) != tuple(own[k].shape)
-    ]
-    where = f"{source}: " if source else ""
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es) (e.g. {'; '.join(mismatched[:2])})")
-        raise CheckpointError(f"{where}weights do not fit the model: {'; '.join(parts)}")
+    problem = state_dict_mismatch(own, clean)
+    if problem:
+        where = f"{source}: " if source else ""
+        raise CheckpointError(f"{where}weights do not fit the model: {problem}")
     model.load_state_dict(clean, strict=True)
 
 

@@ -184,6 +184,11 @@ def _export(checkpoint, format, output, img_size, opset, dynamic_batch, simplify
     remove_stale_temps(out.parent)  # left in this folder by a killed export
     report = export_onnx(model, ckpt.info, out, img_size=size or ckpt.info.img_size, opset=opset,
                          dynamic_batch=dynamic_batch, simplify=simplify, check=check)
+    _render_export(report, json_out)
+
+
+def _render_export(report, json_out: bool) -> None:
+    """The export's result on stdout (the path, or JSON); the check figures on stderr."""
     if json_out:
         print_json({"command": "export", **report.to_dict()})
         return
@@ -213,16 +218,10 @@ def _export_openvino(model, info, checkpoint, output, size, opset, dynamic_batch
         raise UsageError(f"--format openvino writes an .xml (+ .bin); got --output {out.name}")
     check_output_file(out)
     check_output_file(out.with_suffix(".bin"))
-    check_output_file(out)
     remove_stale_temps(out.parent)  # left in this folder by a killed export
     report = export_openvino(model, info, out, img_size=size or info.img_size, opset=opset,
                              dynamic_batch=dynamic_batch, check=check, int8=options)
-    if json_out:
-        print_json({"command": "export", **report.to_dict()})
-        return
-    for batch, agreement in report.checks.items():
-        typer.echo(f"check batch {batch}: {agreement.describe()}", err=True)
-    typer.echo(str(report.path))
+    _render_export(report, json_out)
 
 
 def _export_engine(checkpoint, output, size, check, variant, fp16, workspace, min_batch,

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dfine_cli.checkpoint import state_dict_mismatch
 from dfine_cli.errors import CheckpointError
 from dfine_cli.hub.registry import BACKBONE_FOR_SIZE, WEIGHTS, WeightsEntry
 from dfine_cli.models.backbone import HGNetv2
@@ -65,20 +66,10 @@ def load_backbone_weights(backbone: torch.nn.Module, state: dict[str, Tensor], *
     for key, value in own.items():
         if key.endswith(_COUNTER) and key not in clean:
             clean[key] = value
-    missing = [k for k in own if k not in clean]
-    unexpected = [k for k in clean if k not in own]
-    mismatched = [f"{k} {tuple(clean[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in own if k in clean and clean[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es) (e.g. {'; '.join(mismatched[:2])})")
+    problem = state_dict_mismatch(own, clean)
+    if problem:
         where = f"{source}: " if source else ""
-        raise CheckpointError(f"{where}backbone weights do not fit HGNetv2: {'; '.join(parts)}")
+        raise CheckpointError(f"{where}backbone weights do not fit HGNetv2: {problem}")
     backbone.load_state_dict(clean, strict=True)
 
 
