@@ -18,6 +18,7 @@ code   meaning
 8      file system: no space left, read-only file system, permission denied, a path
        that is a folder where a file is needed (or the reverse)
 130    interrupted (Ctrl-C)
+141    stdout closed by its reader (``dfine weights list | head``): stops quietly
 143    terminated (SIGTERM): handled like Ctrl-C, temporary files removed
 =====  ==========================================================================
 
@@ -43,6 +44,7 @@ EXIT_TRAINING = 7
 EXIT_FILESYSTEM = 8
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a closed pipe
 
 
 class DfineError(Exception):

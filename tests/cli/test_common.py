@@ -146,3 +146,28 @@ def test_sigterm_during_a_real_command(tmp_path: Path):
     assert err.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
     assert "Traceback" not in err and out == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_stdout_pipe_stops_quietly_with_141():
+    """`dfine ... | head`: no 'file system error', no traceback, the shell's 141."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from dfine_cli.cli._common import handle_errors\n"
+            "@handle_errors\n"
+            "def emit():\n"
+            "    for i in range(200000):\n"
+            "        sys.stdout.write(f'row {i}\\n')\n"
+            "import typer\n"
+            "try:\n"
+            "    emit()\n"
+            "except typer.Exit as exc:\n"
+            "    sys.exit(exc.exit_code)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.read(16)
+    proc.stdout.close()  # the reader goes away, as `head` does
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141
+    assert err.decode() == ""

@@ -32,6 +32,10 @@ def test_version_and_help():
     helped = run("--help")
     for command in ("train", "eval", "predict", "export", "info", "weights", "demo", "data"):
         assert command in helped.stdout
+    text = " ".join(helped.stdout.split())
+    assert "Exit codes: 0 success" in text  # the root help lists them (not only the docs)
+    for code in ("2 usage", "3 data", "4 model/checkpoint", "8 file system", "141", "143"):
+        assert code in text
 
 
 def test_unknown_flag_is_usage_error(ckpt):

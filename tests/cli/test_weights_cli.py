@@ -38,11 +38,11 @@ def test_list_json_and_table(run, tmp_path):
     assert payload["schema_version"] == 1 and payload["cache"] == str(tmp_path)
     rows = {r["name"]: r for r in payload["weights"]}
     assert len(rows) == 17 and not any(r["cached"] for r in rows.values())
-    assert rows["dfine-l-obj365"]["ap"] == 44.7 and rows["dfine-l-obj365"]["num_classes"] == 366
+    assert rows["dfine-l-obj365"]["ap"] == 0.447 and rows["dfine-l-obj365"]["num_classes"] == 366
     assert rows["hgnetv2-b0"]["dataset"] == "ImageNet"
     table = run("weights", "list", env=env)
     assert table.stdout.splitlines()[0].split("\t") == ["name", "size", "backbone", "dataset", "AP", "AP on", "cached"]
-    assert "dfine-x-obj2coco\tx\tHGNetv2-B5\tObjects365+COCO\t59.3\tCOCO val2017\tno" in table.stdout
+    assert "dfine-x-obj2coco\tx\tHGNetv2-B5\tObjects365+COCO\t0.593\tCOCO val2017\tno" in table.stdout
 
 
 def test_download_then_listed_as_cached(run, tmp_path):

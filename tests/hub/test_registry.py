@@ -32,9 +32,9 @@ def test_every_name_and_file_of_the_official_release():
 
 
 def test_official_ap_and_classes():
-    assert [WEIGHTS[f"dfine-{s}-coco"].ap for s in "nsmlx"] == [42.8, 48.5, 52.3, 54.0, 55.8]
-    assert [WEIGHTS[f"dfine-{s}-obj2coco"].ap for s in "smlx"] == [50.7, 55.1, 57.3, 59.3]
-    assert [WEIGHTS[f"dfine-{s}-obj365"].ap for s in "smlx"] == [31.0, 38.6, 44.7, 49.5]
+    assert [WEIGHTS[f"dfine-{s}-coco"].ap for s in "nsmlx"] == [0.428, 0.485, 0.523, 0.54, 0.558]
+    assert [WEIGHTS[f"dfine-{s}-obj2coco"].ap for s in "smlx"] == [0.507, 0.551, 0.573, 0.593]
+    assert [WEIGHTS[f"dfine-{s}-obj365"].ap for s in "smlx"] == [0.31, 0.386, 0.447, 0.495]
     assert WEIGHTS["dfine-s-coco"].class_names == COCO_NAMES
     assert WEIGHTS["dfine-s-obj2coco"].num_classes == 80
     obj = WEIGHTS["dfine-x-obj365"]

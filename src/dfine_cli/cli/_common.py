@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dfine_cli.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -135,6 +136,12 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except BrokenPipeError:
+            # The reader of stdout went away (`| head`): nothing more can be shown, and it is
+            # no error of ours. Point stdout at /dev/null so the final flush stays quiet.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except DfineError as exc:
             raise _category_exit(exc) from None
         except KeyboardInterrupt:

@@ -12,7 +12,6 @@ from dfine_cli.errors import EXIT_TERMINATED, Terminated
 
 app = typer.Typer(
     name="dfine",
-    help="D-FINE / DEIM object detection: train, evaluate, export, benchmark, predict.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -35,12 +34,12 @@ def root(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
     ),
 ) -> None:
-    """D-FINE / DEIM object detection from one command.
+    """D-FINE / DEIM object detection: train, evaluate, export, benchmark, predict.
 
     Exit codes: 0 success, 1 internal error, 2 usage, 3 data (also: some inputs of a
     prediction failed), 4 model/checkpoint, 5 export, 6 missing dependency or hardware,
     7 training stopped, 8 file system (disk full, read-only, permission denied),
-    130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+    130 interrupted (Ctrl-C), 141 stdout closed by its reader, 143 terminated (SIGTERM).
     """
     set_verbose(verbose)
 

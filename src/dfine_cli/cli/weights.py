@@ -27,7 +27,7 @@ def _list(json_out: bool) -> None:
         "official weights",
         ["name", "size", "backbone", "dataset", "AP", "AP on", "cached"],
         [(r.entry.name, r.entry.size or "-", f"HGNetv2-{r.entry.backbone}", r.entry.dataset,
-          f"{r.entry.ap:.1f}" if r.entry.ap is not None else "-", r.entry.ap_on or "-",
+          f"{r.entry.ap:.3f}" if r.entry.ap is not None else "-", r.entry.ap_on or "-",
           "yes" if r.cached else "no") for r in rows],
     )
 

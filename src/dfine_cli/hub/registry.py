@@ -47,7 +47,7 @@ class WeightsEntry:
     variant: str = "dfine"
     class_names: tuple[str, ...] = ()
     category_ids: tuple[int, ...] = ()
-    ap: float | None = None
+    ap: float | None = None  # official mAP50:95, a fraction like every AP dfine reports
     ap_on: str = ""
     use_lab: bool = False  # backbones: the HGNetv2 learnable-affine blocks (B0, B2)
     sha256: str | None = None
@@ -64,6 +64,7 @@ class WeightsEntry:
         return cache_path_for_url(self.url)
 
 
+# Official mAP50:95 as fractions (the official README gives percentages).
 _COCO_AP = {"n": 42.8, "s": 48.5, "m": 52.3, "l": 54.0, "x": 55.8}
 _OBJ2COCO_AP = {"s": 50.7, "m": 55.1, "l": 57.3, "x": 59.3}
 _OBJ365_AP = {"s": 31.0, "m": 38.6, "l": 44.7, "x": 49.5}
@@ -85,7 +86,7 @@ def _detector(size: str, dataset: str) -> WeightsEntry:
         size=size,
         class_names=COCO_NAMES if coco else OBJ365_HEAD_NAMES,
         category_ids=COCO_CATEGORY_IDS if coco else OBJ365_HEAD_IDS,
-        ap=ap,
+        ap=round(ap / 100, 4),
         ap_on="COCO val2017" if coco else "Objects365 val",
     )
 
