@@ -13,17 +13,9 @@ from dfine_cli.errors import DependencyError
 from dfine_cli.hub import download as download_module
 from dfine_cli.hub.download import fetch_entry
 from dfine_cli.hub.registry import WEIGHTS
-from tests.hub.weights_server import backbone_file, detector_file, serve
+from tests.hub.weights_server import backbone_file, detector_file
 
 B0 = WEIGHTS["hgnetv2-b0"]
-
-
-@pytest.fixture
-def server(monkeypatch, tmp_path):
-    with serve() as srv:
-        monkeypatch.setenv("DFINE_WEIGHTS_URL", srv.base)
-        monkeypatch.setenv("DFINE_HOME", str(tmp_path / "home"))
-        yield srv
 
 
 def _leftovers(folder: Path) -> list[str]:

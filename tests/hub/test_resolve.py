@@ -15,15 +15,7 @@ from dfine_cli.detector import Detector
 from dfine_cli.errors import CheckpointError, DependencyError, UsageError
 from dfine_cli.hub import is_weights_name, resolve_weights
 from dfine_cli.obj365_names import OBJ365_HEAD_NAMES
-from tests.hub.weights_server import detector_file, serve
-
-
-@pytest.fixture
-def server(monkeypatch, tmp_path):
-    with serve() as srv:
-        monkeypatch.setenv("DFINE_WEIGHTS_URL", srv.base)
-        monkeypatch.setenv("DFINE_HOME", str(tmp_path / "home"))
-        yield srv
+from tests.hub.weights_server import detector_file
 
 
 def test_local_path_wins_over_a_name(server, tmp_path, monkeypatch):

@@ -67,22 +67,23 @@ def lock_path(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / LOCK_NAME
 
 
-def _process_start(pid: int) -> str | None:
-    """Start time of ``pid`` (field 22 of ``/proc/<pid>/stat``), or None where unknown."""
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of ``/proc/<pid>/stat`` after the command name (state first), or [] where unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
+        return []
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of ``pid`` (field 22 of ``/proc/<pid>/stat``), or None where unknown."""
+    fields = _stat_fields(pid)
     return fields[19] if len(fields) > 19 else None
 
 
 def _process_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
+    fields = _stat_fields(pid)
     return fields[0] if fields else None
 
 
