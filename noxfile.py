@@ -35,6 +35,15 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs.yml, docs/) into site/; warnings fail the build.
+
+    Needs ``pip install -e ".[docs]"``.
+    """
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The README's main job."""
     session.run("dfine", "demo")

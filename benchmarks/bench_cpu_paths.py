@@ -9,10 +9,18 @@ runs each, round-robin), so that a change in machine load hits every path alike;
 figures are medians over all runs. OpenVINO int8 is the IR ``dfine export --format openvino
 --int8`` writes, calibrated on synthetic images (latency only).
 
+With ``--official DIR`` (a checkout of the official D-FINE repository, used read-only and
+only by this script), the official deploy model (``model.deploy()`` + ``postprocessor.deploy()``
+on the same keyed weights, built from its COCO config) is measured in the same rounds, and
+every path is also given as a fraction of its median model-stage time ("x official"). With
+``--keyed``, or whenever ``--official`` is given, every path runs the reference's keyed
+weights of each size (``../shared/reference``) instead of random ones.
+
 Part 2, accuracy (with ``--weights CKPT --data DATA``): COCO AP of each path on the dataset's
 split, and how far each path's scores are from torch fp32 on the same images.
 
     python benchmarks/bench_cpu_paths.py --sizes n s --threads 2 --iters 30 --rounds 3
+    python benchmarks/bench_cpu_paths.py --sizes n s --official ~/src/D-FINE --paths torch:fp32 openvino:int8
     python benchmarks/bench_cpu_paths.py --sizes --weights runs/train/exp/best.pth --data shapes/
 """
 
@@ -45,7 +53,35 @@ def main() -> None:
     parser.add_argument("--weights", help="trained checkpoint for the accuracy part")
     parser.add_argument("--data", help="dataset for the accuracy part")
     parser.add_argument("--split", default="val")
+    parser.add_argument("--paths", nargs="*", default=[f"{b}:{p}" for b, p in PATHS],
+                        choices=[f"{b}:{p}" for b, p in PATHS], help="paths to measure (default: all)")
+    parser.add_argument("--official", type=Path,
+                        help="checkout of the official D-FINE repository: adds its deploy model")
+    parser.add_argument("--keyed", action="store_true",
+                        help="the reference's keyed weights instead of random ones")
+    parser.add_argument("--reference", type=Path,
+                        default=Path(__file__).resolve().parents[1].parent / "shared" / "reference",
+                        help="folder of the reference fixtures (keyed-weight manifests)")
+    parser.add_argument("--calib-images", type=int, default=16,
+                        help="synthetic images calibrating the openvino:int8 path")
     args = parser.parse_args()
+    paths = [tuple(name.split(":")) for name in args.paths]
+    keyed = args.keyed or args.official is not None
+    if args.official is not None and len(args.sizes) > 1:
+        # the official package keeps its configuration in module globals: one size per process
+        import subprocess
+        import sys
+
+        for size in args.sizes:
+            argv = list(sys.argv[1:])
+            if "--sizes" not in argv:
+                argv.append("--sizes")
+            start = argv.index("--sizes")
+            end = next((i for i in range(start + 1, len(argv)) if argv[i].startswith("--")),
+                       len(argv))
+            subprocess.run([sys.executable, __file__, *argv[:start], "--sizes", size,
+                            *argv[end:]], check=True)
+        return
 
     from dfine_cli.bench.flops import model_complexity
     from dfine_cli.bench.latency import (
@@ -63,26 +99,36 @@ def main() -> None:
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items() if v)
     print(f"# {cpu['model']}, bf16 {cpu['bf16']}, {args.threads} threads, batch 1, "
           f"{args.img_size}x{args.img_size}, warmup {args.warmup}, iters {args.iters}; {versions}")
-    print(f"# fp32 peak assumed: {peak:.0f} GFLOP/s; load average {os.getloadavg()[0]:.2f}")
+    print(f"# fp32 peak assumed: {peak:.0f} GFLOP/s; weights: "
+          f"{'keyed (reference)' if keyed else 'random'}; load average at start "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     images = synthetic_images(4, 640, 480)
     print("size\tpath\tmodel median (of round medians)\tmodel p90 (worst round)\tmodel min\t"
-          "e2e median\tGFLOPs\tms at peak")
+          "e2e median\tGFLOPs\tms at peak\tx official")
     with tempfile.TemporaryDirectory() as tmp:
         cache: dict[str, Path] = {}
         for size in args.sizes:
             gflops = model_complexity(preset(size, num_classes=80),
                                       (args.img_size, args.img_size)).gflops
             detectors = {}
-            for backend, precision in PATHS:
+            weights = _keyed_checkpoint(args.reference, size, Path(tmp)) if keyed else size
+            if args.official is not None and args.img_size != 640:
+                print(f"{size}\tofficial:fp32\tn/a (its deploy model and the keyed anchors "
+                      "are built for 640x640)")
+            elif args.official is not None:
+                detectors["official:fp32"] = _official_detector(args.official, size, weights,
+                                                                args.img_size)
+            for backend, precision in paths:
                 try:
                     if precision == "int8":
-                        xml = _int8_ir(size, args.img_size, Path(tmp))
+                        xml = _int8_ir(weights, args.img_size, Path(tmp), args.calib_images)
                         loaded = load_bench_detector(xml, backend=backend, threads=args.threads,
                                                      work_dir=Path(tmp))
                     else:
-                        loaded = load_bench_detector(size, backend=backend, precision=precision,
-                                                     threads=args.threads, img_size=args.img_size,
-                                                     work_dir=Path(tmp), onnx_cache=cache)
+                        loaded = load_bench_detector(weights, backend=backend,
+                                                     precision=precision, threads=args.threads,
+                                                     img_size=args.img_size, work_dir=Path(tmp),
+                                                     onnx_cache=cache)
                 except Exception as exc:  # a path this machine cannot run (bf16, nncf missing)
                     print(f"{size}\t{backend}:{precision}\tn/a ({str(exc).splitlines()[0][:80]})")
                     continue
@@ -96,17 +142,21 @@ def main() -> None:
                                             iters=per_round)
                     m, e = stats["model"], stats["end_to_end"]
                     rounds[name].append((m.median_ms, m.p90_ms, m.min_ms, e.median_ms))
+            official = (float(np.median(np.asarray(rounds["official:fp32"])[:, 0]))
+                        if "official:fp32" in rounds else None)
             for name in detectors:
                 a = np.asarray(rounds[name])
+                ratio = f"{np.median(a[:, 0]) / official:.2f}" if official else "-"
                 print(f"{size}\t{name}\t{np.median(a[:, 0]):.1f}\t{a[:, 1].max():.1f}\t"
                       f"{a[:, 2].min():.1f}\t{np.median(a[:, 3]):.1f}\t{gflops:.2f}\t"
-                      f"{1000 * gflops / peak:.1f}", flush=True)
+                      f"{1000 * gflops / peak:.1f}\t{ratio}", flush=True)
+        print(f"# load average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         if args.weights and args.data:
             _accuracy(args, Path(tmp), cache)
 
 
-def _int8_ir(size: str, img_size: int, work_dir: Path) -> Path:
-    """An INT8 IR of the random-weight preset, calibrated on 16 synthetic images."""
+def _int8_ir(weights: str, img_size: int, work_dir: Path, calib_images: int) -> Path:
+    """An INT8 IR (default scope) of a preset or checkpoint, calibrated on synthetic images."""
     from dfine_cli.data.synth import make_synthetic_dataset
     from dfine_cli.detector import Detector
     from dfine_cli.export.int8 import calibration_images
@@ -114,28 +164,91 @@ def _int8_ir(size: str, img_size: int, work_dir: Path) -> Path:
 
     calib = work_dir / "calib"
     if not calib.is_dir():
-        make_synthetic_dataset(calib, num_images=20, num_classes=3, img_size=img_size)
-    det = Detector.from_preset(size, num_classes=80, img_size=img_size)
+        make_synthetic_dataset(calib, num_images=max(20, calib_images + 4), num_classes=3,
+                               img_size=img_size)
+    if Path(weights).is_file():
+        det = Detector.from_checkpoint(weights)
+    else:
+        det = Detector.from_preset(weights, num_classes=80, img_size=img_size)
     assert det.model is not None and det.info is not None
-    xml = work_dir / f"{size}_{img_size}_int8.xml"
+    xml = work_dir / f"{Path(weights).stem}_{img_size}_int8.xml"
     export_openvino(det.model, det.info, xml, img_size=(img_size, img_size), check=False,
-                    dynamic_batch=False, int8=Int8Options(calibration_images(calib, 16), 16))
+                    dynamic_batch=False,
+                    int8=Int8Options(calibration_images(calib, calib_images), calib_images))
     return xml
 
 
+def _keyed_checkpoint(reference: Path, size: str, work_dir: Path) -> str:
+    """The reference's keyed weights of ``size`` in the official checkpoint layout."""
+    import sys
+
+    if size == "n" and (reference / "dfine_n_keyed1234.pth").is_file():
+        return str(reference / "dfine_n_keyed1234.pth")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' weight builder
+    from tests.models.reference_weights import keyed_state_dict
+
+    path = work_dir / f"dfine_{size}_keyed1234.pth"
+    if not path.is_file():
+        torch.save({"model": keyed_state_dict(reference, size)}, path)
+    return str(path)
+
+
+def _official_detector(repo: Path, size: str, weights: str, img_size: int) -> object:
+    """The official deploy model of ``size`` (its COCO config, ``weights`` loaded strictly),
+    wrapped as a torch backend so that it is timed exactly like ours."""
+    import sys
+    import types
+
+    from dfine_cli.backends.base import BackendMeta
+    from dfine_cli.backends.torch_backend import TorchBackend
+    from dfine_cli.checkpoints import ModelInfo
+    from dfine_cli.detector import Detector
+
+    # the official package imports these at load time; neither is used by its deploy model
+    for name, attr in (("torch.utils.tensorboard", "SummaryWriter"), ("calflops", "calculate_flops")):
+        if name not in sys.modules:
+            stub = types.ModuleType(name)
+            setattr(stub, attr, None)
+            sys.modules[name] = stub
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from src.core import YAMLConfig  # type: ignore[import-not-found]
+
+    cfg = YAMLConfig(str(repo / "configs" / "dfine" / f"dfine_hgnetv2_{size}_coco.yml"),
+                     HGNetv2={"pretrained": False})
+    state = torch.load(weights, map_location="cpu", weights_only=True)["model"]
+    cfg.model.load_state_dict(state)
+
+    class OfficialDeploy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = cfg.model.deploy()
+            self.postprocessor = cfg.postprocessor.deploy()
+
+        def forward(self, images: torch.Tensor, sizes: torch.Tensor) -> object:
+            return self.postprocessor(self.model(images), sizes)
+
+    names, ids = ModelInfo.default_names(80)
+    meta = BackendMeta(img_size=(img_size, img_size), class_names=names, category_ids=ids,
+                       dynamic_batch=True, description="official deploy model")
+    return Detector(TorchBackend(OfficialDeploy().eval(), meta, torch.device("cpu")))  # type: ignore[arg-type]
+
+
 def _accuracy(args: argparse.Namespace, work_dir: Path, cache: dict[str, Path]) -> None:
-    from dfine_cli.bench.accuracy import evaluate_predictions, open_split, predict_split
     from dfine_cli.bench.latency import load_bench_detector
+    from dfine_cli.engine.evaluate import evaluate, open_split
 
     dataset = open_split(args.data, args.split)
     print(f"\n# accuracy on {args.data} ({args.split}, {len(dataset)} images), {args.weights}")
     print("path\tAP\tAP50\tdelta AP vs torch fp32\tmax |score diff| vs torch fp32 (top 100)")
     reference = None
     for backend, precision in PATHS:
+        if precision == "int8":  # an IR of its own: see bench_int8.py
+            continue
         loaded = load_bench_detector(args.weights, backend=backend, precision=precision,
                                      threads=args.threads, work_dir=work_dir, onnx_cache=cache)
-        predictions = predict_split(loaded.detector, dataset)
-        result = evaluate_predictions(predictions, dataset)
+        run = evaluate(loaded.detector, dataset, batch_size=1)
+        result, predictions = run.result, run.predictions
         if reference is None:
             reference = (result.stats["AP"], predictions)
         diff = max(float(np.abs(p.scores[:100] - r.scores[:100]).max())

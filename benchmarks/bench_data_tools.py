@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dfine_cli.data.obj365 import TRAIN_JSON, VAL_JSON, resize_coco_images
+from dfine_cli.data.obj365 import TRAIN_JSON, VAL_JSON
+from dfine_cli.data.obj365.resize import resize_coco_images
 
 
 def make_photos(folder: Path, count: int, size: tuple[int, int] = (1024, 768)) -> Path:
@@ -147,6 +148,7 @@ import json, sys, tracemalloc
 from pathlib import Path
 base, mode, trace = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "trace"
 import dfine_cli.data.obj365 as obj365
+from dfine_cli.data.obj365.remap import remap_obj365
 
 def high_water_mb():
     # VmHWM covers this process image only; ru_maxrss would also count the parent's memory at
@@ -159,7 +161,7 @@ before = high_water_mb()
 if trace:
     tracemalloc.start()
 if mode == "dfine":
-    obj365.remap_obj365(base, new_val_size=5000, copy_images=False)
+    remap_obj365(base, new_val_size=5000, copy_images=False)
 else:  # what the official script holds: both files parsed whole, then dumped
     train = json.load(open(base / "train" / obj365.TRAIN_JSON))
     val = json.load(open(base / "val" / obj365.VAL_JSON))

@@ -457,7 +457,7 @@ def check_parity(work: Work) -> Outcome:
     import torch
 
     from dfine_cli import Detector
-    from dfine_cli.export.tensorrt import TOLERANCES, Tolerance, check_outputs
+    from dfine_cli.export.engine_check import TOLERANCES, Tolerance, check_outputs
 
     ref = _require_reference()
     torch.backends.cudnn.allow_tf32 = False  # "fp32" means float32 arithmetic
@@ -502,6 +502,7 @@ def check_parity(work: Work) -> Outcome:
 
 
 def check_tensorrt(work: Work) -> Outcome:
+    from dfine_cli.checkpoints import load_model
     from dfine_cli.errors import DfineError
     from dfine_cli.export.tensorrt import export_engine
 
@@ -515,8 +516,9 @@ def check_tensorrt(work: Work) -> Outcome:
             out = work.engine(size, precision)
             t0 = time.perf_counter()
             try:
-                report = export_engine(checkpoint, out, fp16=precision == "fp16",
-                                       min_batch=1, opt_batch=1, max_batch=2)
+                model, info = load_model(checkpoint)
+                report = export_engine(model, info, out, fp16=precision == "fp16",
+                                       min_batch=1, opt_batch=1, max_batch=2, source=checkpoint)
             except DfineError as exc:
                 figures[key] = {"passed": False, "error": str(exc), "seconds": round(time.perf_counter() - t0, 1)}
                 failed.append(f"{key}: {exc}")
@@ -549,7 +551,7 @@ def check_tensorrt_int8(work: Work) -> Outcome:
     import torch
 
     from dfine_cli.backends.tensorrt_backend import TensorRTBackend
-    from dfine_cli.export.tensorrt import TOLERANCES, check_outputs
+    from dfine_cli.export.engine_check import TOLERANCES, check_outputs
     from dfine_cli.export.tensorrt_int8 import export_int8_engine
 
     ref = _require_reference()
@@ -591,7 +593,7 @@ def check_bench_trt(work: Work) -> Outcome:
             figures[size] = {"error": "no FP16 engine: the tensorrt check did not build it"}
             failed.append(f"{size}: no FP16 engine")
             continue
-        cmd = dfine_cmd("bench", "trt", "--engine", engine, "--coco-dir", images,
+        cmd = dfine_cmd("bench", "trt", engine, "--data", images,
                         "--max-images", str(BENCH_IMAGES), "--warmup", str(BENCH_WARMUP), "--json")
         proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
         if proc.returncode != 0:
@@ -674,7 +676,7 @@ def _train_flags(data: Path, output: Path) -> list[str | Path]:
 def check_training(work: Work) -> Outcome:
     import torch
 
-    from dfine_cli.checkpoint import read_checkpoint
+    from dfine_cli.checkpoints import read_checkpoint
     from dfine_cli.engine.config import TrainConfig
 
     data = work.dataset()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from dfine_cli.checkpoint import ModelInfo, save_checkpoint
+from dfine_cli.checkpoints import ModelInfo, save_checkpoint
 from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.presets import preset
 

@@ -134,3 +134,42 @@ def test_deploy_module_is_the_fast_form_by_default():
         b = tuple(t.numpy() for t in plain(images, sizes))
     agreement = compare_detections(b, a, score_tol=1e-4, box_tol=0.05)
     assert agreement.ok(1e-4, 0.05), agreement.describe()
+
+
+def test_pil_images_paths_tensors_and_read_only_arrays_give_the_same_detections(detector, tmp_path, rgb_image):
+    import warnings
+    from pathlib import Path
+
+    from PIL import Image
+
+    reference = detector.predict(rgb_image, conf=0.0)[0]
+    read_only = rgb_image.copy()
+    read_only.setflags(write=False)
+    pil = Image.fromarray(rgb_image)
+    chw = torch.from_numpy(rgb_image).permute(2, 0, 1)
+    png = tmp_path / "a.png"
+    pil.save(png)  # lossless: the same pixels from a file
+    inputs = {
+        "PIL RGB": pil, "PIL RGBA": pil.convert("RGBA"), "read-only array": read_only,
+        "uint8 tensor": chw, "float tensor": chw.float() / 255, "Path": Path(png), "str": str(png),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "The given NumPy array is not writable"
+        for name, image in inputs.items():
+            result = detector.predict(image, conf=0.0)[0]
+            assert (result.width, result.height) == (160, 120), name
+            np.testing.assert_allclose(result.scores, reference.scores, atol=1e-5, err_msg=name)
+        batch = detector.predict(torch.stack([chw, chw]), conf=0.0, batch_size=2)
+        opened = detector.predict(Image.open(png), conf=0.0)[0]
+    assert len(batch) == 2
+    np.testing.assert_allclose(batch[1].scores, reference.scores, atol=1e-5)
+    assert opened.path == str(png)
+
+
+def test_unusable_image_objects_are_usage_errors(detector):
+    with pytest.raises(UsageError, match=r"image tensors must be \[3, H, W\]"):
+        detector.predict(torch.zeros(1, 8, 8))
+    with pytest.raises(UsageError, match="uint8 or floating point"):
+        detector.predict(torch.zeros(3, 8, 8, dtype=torch.int32))
+    with pytest.raises(UsageError, match="cannot predict on a int"):
+        detector.predict([5])

@@ -99,7 +99,7 @@ def test_output_below_a_file(tmp_path: Path) -> None:
 def test_torch_save_on_a_full_disk_is_a_file_system_error(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    from dfine_cli.checkpoint import save_payload
+    from dfine_cli.checkpoints import save_payload
 
     def fails(obj, f, *args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
@@ -113,7 +113,7 @@ def test_torch_save_on_a_full_disk_is_a_file_system_error(tmp_path: Path, monkey
 def test_real_full_disk(small_disk: Path) -> None:
     import torch
 
-    from dfine_cli.checkpoint import save_payload
+    from dfine_cli.checkpoints import save_payload
 
     with (
         pytest.raises(FileSystemError, match=r"^no space left on device: .*big\.bin$"),

@@ -10,15 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dfine_cli.data.synth import make_synthetic_dataset
-from dfine_cli.detector import Detector
-from dfine_cli.engine.config import TrainConfig
-from dfine_cli.engine.evaluate import evaluate_detector
-from dfine_cli.engine.trainer import Progress, train
-from dfine_cli.fileio import write_json
-from dfine_cli.predict import run_prediction
+if TYPE_CHECKING:  # the rest is imported by run_demo: `dfine demo --help` starts without torch
+    from dfine_cli.progress import Progress
 
 log = logging.getLogger("dfine.demo")
 
@@ -43,6 +38,15 @@ def run_demo(
     progress: Progress | None = None,
 ) -> DemoResult:
     """Run the demo into ``output_dir`` and return where everything went."""
+    from dfine_cli.data.synth import make_synthetic_dataset
+    from dfine_cli.detector import Detector
+    from dfine_cli.detector_options import DEFAULT_CONF
+    from dfine_cli.engine.config import TrainConfig
+    from dfine_cli.engine.evaluate import evaluate, open_split
+    from dfine_cli.engine.trainer import train
+    from dfine_cli.fileio import write_json
+    from dfine_cli.predict import run_prediction
+
     if export:  # fail before minutes of training, not after
         from dfine_cli.errors import require
 
@@ -65,8 +69,8 @@ def run_demo(
     det = Detector.from_checkpoint(checkpoint)
     metrics: dict[str, Any] = {"train": {"epochs": result.epochs_run, "best_epoch": result.best_epoch,
                                          "history": result.history}}
-    val_images, val_ann = data / "images" / "val", data / "annotations" / "instances_val.json"
-    metrics["torch"] = evaluate_detector(det, val_images, val_ann, img_size).to_json()
+    val = open_split(data, "val")
+    metrics["torch"] = evaluate(det, val).result.to_json()
     onnx_path: Path | None = None
     if export:
         from dfine_cli.export.onnx import export_onnx
@@ -75,9 +79,40 @@ def run_demo(
         onnx_path = output_dir / "model.onnx"
         export_onnx(det.model, det.info, onnx_path, img_size=(img_size, img_size))
         onnx_det = Detector.load(onnx_path)
-        metrics["onnxruntime"] = evaluate_detector(onnx_det, val_images, val_ann, img_size).to_json()
-    pred = run_prediction(det, data / "images" / "val", output_dir / "predict", conf=0.4)
+        metrics["onnxruntime"] = evaluate(onnx_det, val).result.to_json()
+    pred = run_prediction(det, data / "images" / "val", output_dir / "predict", conf=DEFAULT_CONF)
     annotated = sorted((output_dir / "predict").glob("*.jpg"))
     metrics["predict"] = {"images": pred.images, "detections": pred.detections}
     write_json(output_dir / "metrics.json", {"schema_version": 1, **metrics})
     return DemoResult(output_dir, checkpoint, onnx_path, metrics, annotated)
+
+
+#: The smallest image side the demo's shapes stay recognisable at, in pixels.
+MIN_DEMO_IMG_SIZE = 320
+
+
+def demo_in_run_folder(
+    output: Path | None = None,
+    *,
+    epochs: int = 8,
+    images: int = 120,
+    img_size: int = MIN_DEMO_IMG_SIZE,
+    seed: int = 0,
+    export: bool = True,
+    progress: Progress | None = None,
+) -> DemoResult:
+    """``dfine demo``: :func:`run_demo` into ``output`` or the next ``runs/demo/exp{N}``.
+
+    ``img_size`` (pixels) must be a multiple of 32 and at least :data:`MIN_DEMO_IMG_SIZE`.
+    A folder created here is removed again if the demo fails before writing into it.
+    """
+    from dfine_cli.errors import UsageError
+    from dfine_cli.fileio import run_dir
+    from dfine_cli.image_size import check_img_size
+
+    check_img_size(img_size, name="--img-size")
+    if img_size < MIN_DEMO_IMG_SIZE:
+        raise UsageError(f"--img-size must be at least {MIN_DEMO_IMG_SIZE} for the demo, got {img_size}")
+    with run_dir("demo", output) as out:
+        return run_demo(out, epochs=epochs, images=images, img_size=img_size, seed=seed,
+                        export=export, progress=progress)

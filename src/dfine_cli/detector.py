@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -22,17 +23,31 @@ import torchvision.transforms.v2.functional as TF
 from dfine_cli.backends import backend_for_file
 from dfine_cli.backends.base import Backend, BackendMeta
 from dfine_cli.backends.torch_backend import TorchBackend
-from dfine_cli.checkpoint import ModelInfo, load_weights, read_checkpoint, save_checkpoint
-from dfine_cli.device import resolve_device
+from dfine_cli.checkpoints import ModelInfo, load_model, save_checkpoint
+from dfine_cli.detection_filter import (
+    ClassesInput,
+    ConfInput,
+    DetectionFilter,
+    FilterSpec,
+    detection_filter,
+)
+from dfine_cli.detector_options import DEFAULT_CONF
+from dfine_cli.devices import resolve_backend_device, resolve_device
 from dfine_cli.errors import UsageError
+from dfine_cli.image_size import DEFAULT_IMG_SIZE, check_img_size
 from dfine_cli.media import read_image_rgb
 from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.dfine import DFINE, DeployModel
 from dfine_cli.models.presets import preset
 
+if TYPE_CHECKING:
+    import PIL.Image
+
 log = logging.getLogger("dfine.detector")
 
-ImageInput = str | Path | np.ndarray
+ImageInput = Union[str, os.PathLike[str], np.ndarray, torch.Tensor, "PIL.Image.Image"]
+"""One image for :meth:`Detector.predict`: a path, an ``HxWx3`` uint8 array, a PIL image or
+a ``[3, H, W]`` tensor (uint8 0..255, or floating point 0..1)."""
 
 
 @dataclass
@@ -47,26 +62,40 @@ class Detections:
     height: int
     path: str | None = None
     category_ids: list[int] = field(default_factory=list)  # [K] dataset category ids
+    track_ids: np.ndarray | None = None
+    """``[K]`` int64 track ids of a tracked video (-1: not in a confirmed track yet);
+    ``None`` when not tracked. See :mod:`dfine_cli.tracking`."""
 
     def __len__(self) -> int:
         return len(self.scores)
 
+    def select(self, keep: np.ndarray) -> Detections:
+        """The detections where the boolean mask ``keep`` ``[K]`` is true (order kept)."""
+        index = np.flatnonzero(keep)
+        return Detections(
+            boxes=self.boxes[index], scores=self.scores[index], labels=self.labels[index],
+            names=[self.names[i] for i in index], width=self.width, height=self.height,
+            path=self.path,
+            category_ids=[self.category_ids[i] for i in index] if self.category_ids else [],
+            track_ids=self.track_ids[index] if self.track_ids is not None else None,
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "width": self.width,
-            "height": self.height,
-            "detections": [
-                {
-                    "label": int(self.labels[i]),
-                    "category_id": int(self.category_ids[i]) if self.category_ids else int(self.labels[i]),
-                    "name": self.names[i],
-                    "score": round(float(self.scores[i]), 6),
-                    "box": [round(float(v), 2) for v in self.boxes[i]],
-                }
-                for i in range(len(self))
-            ],
-        }
+        """JSON-ready record; with track ids, each detection has ``track_id`` (null if none)."""
+        records = [
+            {
+                "label": int(self.labels[i]),
+                "category_id": int(self.category_ids[i]) if self.category_ids else int(self.labels[i]),
+                "name": self.names[i],
+                "score": round(float(self.scores[i]), 6),
+                "box": [round(float(v), 2) for v in self.boxes[i]],
+            }
+            for i in range(len(self))
+        ]
+        if self.track_ids is not None:
+            for record, track_id in zip(records, self.track_ids):
+                record["track_id"] = int(track_id) if track_id >= 0 else None
+        return {"path": self.path, "width": self.width, "height": self.height, "detections": records}
 
 
 def preprocess(images: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -76,18 +105,30 @@ def preprocess(images: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarra
     """
     batch = []
     for image in images:
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        if tuple(t.shape[1:]) != tuple(size):
-            t = TF.resize(t, list(size), antialias=True)
-        batch.append(t)
-    return (torch.stack(batch).float() / 255.0).numpy()
+        if not (image.flags.c_contiguous and image.flags.writeable):
+            image = np.array(image, order="C")  # torch warns about (and may not share) read-only memory
+        batch.append(network_input(torch.from_numpy(image).permute(2, 0, 1), size))
+    return torch.stack(batch).numpy()
 
 
-def _load_backend(path: Path, backend: str, device: str | None, threads: int | None) -> Backend:
+def network_input(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """RGB uint8 ``[3, H, W]`` → float32 ``[3, h, w]`` in 0..1 at ``size`` ``(h, w)`` pixels.
+
+    Bilinear resize with antialiasing, then a scale by 1/255; no mean/std normalisation (the
+    D-FINE input format). The one conversion prediction and evaluation use, equal to the
+    trainer's validation transform (``EvalTransforms``).
+    """
+    if tuple(image.shape[1:]) != tuple(size):
+        image = TF.resize(image, list(size), antialias=True)
+    return TF.to_dtype(image, torch.float32, scale=True)
+
+
+def _load_backend(path: Path, backend: str, device: str | torch.device | None, threads: int | None) -> Backend:
     if backend == "onnxruntime":
         from dfine_cli.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device and device.startswith("cuda") else None
+        on_cuda = resolve_backend_device("onnxruntime", device).type == "cuda"
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if on_cuda else None
         return OnnxRuntimeBackend(path, threads=threads, providers=providers)
     if backend == "openvino":
         from dfine_cli.backends.openvino_backend import OpenVINOBackend
@@ -148,10 +189,8 @@ class Detector:
         ``path`` may also be a weights name (``dfine-s-coco``) or ``hf:org/repo``; an existing
         local path always wins.
         """
-        ckpt = read_checkpoint(path, variant=variant)
-        model = build_model_from_config(ckpt.info.config)
-        load_weights(model, ckpt.state_dict, source=str(path))
-        return cls.from_model(model, ckpt.info, device)
+        model, info = load_model(path, variant=variant)
+        return cls.from_model(model, info, device)
 
     @classmethod
     def from_pretrained(
@@ -178,7 +217,7 @@ class Detector:
         *,
         variant: str = "dfine",
         class_names: Sequence[str] | None = None,
-        img_size: int | tuple[int, int] = 640,
+        img_size: int | tuple[int, int] = DEFAULT_IMG_SIZE,
         device: str | torch.device | None = "cpu",
         seed: int | None = 0,
     ) -> Detector:
@@ -195,8 +234,7 @@ class Detector:
             if len(class_names) != num_classes:
                 raise UsageError(f"{len(class_names)} class names for {num_classes} classes")
             names = list(class_names)
-        hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        info = ModelInfo(cfg, names, ids, img_size=check_img_size(hw))
+        info = ModelInfo(cfg, names, ids, img_size=check_img_size(img_size))
         return cls.from_model(model, info, device)
 
     @classmethod
@@ -215,6 +253,23 @@ class Detector:
         if chosen == "torch":
             return cls.from_checkpoint(path, device=device, variant=variant)
         return cls(_load_backend(path, chosen, device, threads))
+
+    def compile_model(self) -> None:
+        """Run the torch backend's module through ``torch.compile`` (``--compile``).
+
+        Compilation happens at the first prediction (minutes on a CPU); outputs equal eager
+        ones within float tolerance. See :mod:`dfine_cli.torch_compile` for what it needs.
+
+        Raises:
+            UsageError: the model runs on an exported backend (ONNX Runtime, OpenVINO, TensorRT).
+            DependencyError: ``torch.compile`` cannot run on this device (exit 6).
+        """
+        from dfine_cli.torch_compile import compile_module
+
+        if not isinstance(self.backend, TorchBackend):
+            raise UsageError("--compile applies to PyTorch weights (.pth, .safetensors), not to "
+                             f"an exported model ({type(self.backend).__name__})")
+        self.backend.module = compile_module(self.backend.module, self.device)  # type: ignore[assignment]
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -257,28 +312,47 @@ class Detector:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Raw top-K outputs for RGB uint8 arrays (boxes in each image's pixels)."""
         sizes = np.array([[im.shape[1], im.shape[0]] for im in images], dtype=np.int64)
-        batch = preprocess(images, self.img_size)
-        if not self.backend.meta.dynamic_batch and len(images) != 1:
-            outs = [self.backend(batch[i : i + 1], sizes[i : i + 1]) for i in range(len(images))]
+        return self.infer_inputs(preprocess(images, self.img_size), sizes)
+
+    def infer_inputs(
+        self, batch: np.ndarray, sizes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw top-K outputs for network inputs: ``batch`` float32 ``[N, 3, H, W]`` (see
+        :func:`network_input`), ``sizes`` int64 ``[N, 2]`` original ``(w, h)``; boxes xyxy in
+        original pixels. A static-batch backend gets the images one by one."""
+        if not self.backend.meta.dynamic_batch and len(batch) != 1:
+            outs = [self.backend(batch[i : i + 1], sizes[i : i + 1]) for i in range(len(batch))]
             return tuple(np.concatenate(parts) for parts in zip(*outs))  # type: ignore[return-value]
         return self.backend(batch, sizes)
 
     def predict(
         self,
         images: ImageInput | Iterable[ImageInput],
-        conf: float = 0.5,
+        conf: ConfInput | FilterSpec | DetectionFilter = DEFAULT_CONF,
         batch_size: int = 1,
         channels: str = "rgb",
         max_det: int | None = None,
+        classes: ClassesInput | None = None,
     ) -> list[Detections]:
-        """Detect objects; ``images`` are paths or ``HxWx3`` uint8 arrays.
+        """Detect objects in one image or many (see :data:`ImageInput`).
 
-        Keeps detections with score ``>= conf`` (at most ``max_det``, best first). Arrays
-        are taken as RGB by default; pass ``channels="bgr"`` for OpenCV frames.
+        ``images``: paths, ``HxWx3`` uint8 arrays, PIL images (any mode, converted to RGB),
+        ``[3, H, W]`` tensors (uint8, or floating point in 0..1) or a ``[N, 3, H, W]`` batch
+        tensor. Keeps detections with score ``>= conf`` (at most ``max_det``, best first).
+        Arrays and tensors are taken as RGB by default; pass ``channels="bgr"`` for OpenCV
+        frames.
+
+        ``conf`` may also set thresholds per class and ``classes`` keep only some classes,
+        by name or 0-based id (see :mod:`dfine_cli.detection_filter`):
+        ``conf="0.3,person=0.5"`` or ``{"person": 0.5}``, ``classes=["person", "car"]``.
         """
-        if isinstance(images, (str, Path, np.ndarray)):
-            images = [images]
-        items = list(images)
+        keep = detection_filter(conf, classes, self.class_names, DEFAULT_CONF)
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            items: list[Any] = list(images.unbind(0))
+        elif isinstance(images, (str, os.PathLike, np.ndarray, torch.Tensor)) or _is_pil(images):
+            items = [images]
+        else:
+            items = list(images)  # type: ignore[arg-type]
         if channels not in ("rgb", "bgr"):
             raise UsageError("channels must be 'rgb' or 'bgr'")
         results: list[Detections] = []
@@ -287,28 +361,34 @@ class Detector:
             arrays: list[np.ndarray] = []
             paths: list[str | None] = []
             for item in chunk:
-                if isinstance(item, np.ndarray):
-                    arr = _check_array(item)
+                if isinstance(item, (np.ndarray, torch.Tensor)):
+                    arr = _check_array(item if isinstance(item, np.ndarray) else _tensor_to_array(item))
                     arrays.append(arr[..., ::-1] if channels == "bgr" else arr)
                     paths.append(None)
+                elif _is_pil(item):
+                    arrays.append(np.array(item.convert("RGB")))
+                    paths.append(getattr(item, "filename", None) or None)
+                elif not isinstance(item, (str, os.PathLike)):
+                    raise UsageError(f"cannot predict on a {type(item).__name__}: give a path, an HxWx3 "
+                                     "uint8 array, a PIL image or a [3, H, W] tensor")
                 else:
-                    arrays.append(read_image_rgb(item))
+                    arrays.append(read_image_rgb(os.fspath(item)))
                     paths.append(str(item))
             labels, boxes, scores = self.infer_batch(arrays)
             for i, arr in enumerate(arrays):
                 results.append(
-                    self._to_detections(labels[i], boxes[i], scores[i], arr, paths[i], conf, max_det)
+                    self._to_detections(labels[i], boxes[i], scores[i], arr, paths[i], keep, max_det)
                 )
         return results
 
     def _to_detections(
         self, labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray, image: np.ndarray,
-        path: str | None, conf: float, max_det: int | None = None,
+        path: str | None, conf: float | DetectionFilter, max_det: int | None = None,
     ) -> Detections:
         h, w = image.shape[:2]
-        keep = scores >= conf
+        keep = conf.keep(labels, scores) if isinstance(conf, DetectionFilter) else scores >= conf
         if max_det is not None:
-            keep &= np.arange(len(scores)) < max_det  # scores are sorted descending
+            keep &= np.cumsum(keep) <= max_det  # scores are sorted descending: the best max_det
         boxes = boxes[keep].astype(np.float32).copy()
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
@@ -327,18 +407,32 @@ class Detector:
         )
 
 
-def check_img_size(size: tuple[int, ...]) -> tuple[int, int]:
-    if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
-        raise UsageError(f"image size must be a positive multiple of 32, got {size}")
-    return int(size[0]), int(size[1])
-
-
 def _check_array(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise UsageError(
             f"image arrays must be HxWx3 uint8, got shape {image.shape} dtype {image.dtype}"
         )
     return image
+
+
+def _is_pil(obj: object) -> bool:
+    """True for a PIL image (without importing PIL when it was never loaded)."""
+    import sys
+
+    image_module = sys.modules.get("PIL.Image")
+    return image_module is not None and isinstance(obj, image_module.Image)
+
+
+def _tensor_to_array(image: torch.Tensor) -> np.ndarray:
+    """``[3, H, W]`` tensor (uint8 0..255, or floating point 0..1) → ``HxWx3`` uint8 array."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise UsageError(f"image tensors must be [3, H, W], got shape {tuple(image.shape)}")
+    image = image.detach().cpu()
+    if image.is_floating_point():
+        image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    elif image.dtype != torch.uint8:
+        raise UsageError(f"image tensors must be uint8 or floating point, got {image.dtype}")
+    return image.permute(1, 2, 0).contiguous().numpy()
 
 
 def _fused_copy(model: DFINE) -> DFINE:

@@ -17,7 +17,8 @@ def class_color(index: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image_rgb: np.ndarray, det: Detections) -> np.ndarray:
-    """Return a BGR copy of ``image_rgb`` with boxes and ``name score`` labels drawn."""
+    """Return a BGR copy of ``image_rgb`` with boxes and ``name score`` labels drawn
+    (``#track name score`` for a detection with a track id)."""
     from dfine_cli.media import cv2_module
 
     cv2 = cv2_module()
@@ -25,11 +26,12 @@ def draw_detections(image_rgb: np.ndarray, det: Detections) -> np.ndarray:
     canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     thickness = max(1, round(min(canvas.shape[:2]) / 320))
     scale = max(0.35, min(canvas.shape[:2]) / 1000)
-    for box, score, label, name in zip(det.boxes, det.scores, det.labels, det.names):
+    track_ids = det.track_ids if det.track_ids is not None else [-1] * len(det)
+    for box, score, label, name, track_id in zip(det.boxes, det.scores, det.labels, det.names, track_ids):
         color = class_color(int(label))
         x1, y1, x2, y2 = (round(float(v)) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
-        text = f"{name} {score:.2f}"
+        text = f"#{int(track_id)} {name} {score:.2f}" if track_id >= 0 else f"{name} {score:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(0, y1 - th - base - 2)
         cv2.rectangle(canvas, (x1, top), (x1 + tw + 2, top + th + base + 2), color, -1)

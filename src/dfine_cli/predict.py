@@ -10,18 +10,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dfine_cli.detection_filter import (
+    ClassesInput,
+    ConfInput,
+    DetectionFilter,
+    FilterSpec,
+    detection_filter,
+)
 from dfine_cli.detector import Detections, Detector
+from dfine_cli.detector_options import DEFAULT_CONF
 from dfine_cli.draw import draw_detections
 from dfine_cli.errors import DataError
 from dfine_cli.fileio import atomic_open, atomic_path, write_json
-from dfine_cli.media import iter_video_frames, open_video, read_image_rgb, resolve_sources
+from dfine_cli.media import SourceList, read_image_rgb, resolve_sources
+from dfine_cli.progress import Progress
+from dfine_cli.streams import StopOnInterrupt, is_stream, log_frame_rate, open_frame_source
+
+if TYPE_CHECKING:
+    from dfine_cli.detector_options import DetectorOptions
 
 log = logging.getLogger("dfine.predict")
 
@@ -67,7 +80,7 @@ def _write_image(path: Path, bgr: np.ndarray) -> None:
         fh.write(encoded.tobytes())
 
 
-def _report(errors: list[InputError] | None, path: Path, exc: DataError) -> None:
+def _report(errors: list[InputError] | None, path: Path | str, exc: DataError) -> None:
     """Log one line for a skipped input and remember it; re-raise when not collecting."""
     if errors is None:
         raise exc
@@ -80,10 +93,10 @@ def predict_images(
     detector: Detector,
     paths: list[Path],
     output_dir: Path,
-    conf: float,
+    conf: float | DetectionFilter,
     batch_size: int,
     save: bool = True,
-    progress: Callable[[Iterable[Any], str, int], Iterator[Any]] | None = None,
+    progress: Progress | None = None,
     errors: list[InputError] | None = None,
 ) -> Iterator[Detections]:
     """Predict on image files batch by batch; annotated copies go to ``output_dir``.
@@ -113,67 +126,121 @@ def predict_images(
 
 
 def predict_video(
-    detector: Detector, path: Path, output_dir: Path, conf: float, save: bool = True
+    detector: Detector,
+    path: Path | str,
+    output_dir: Path,
+    conf: float | DetectionFilter,
+    save: bool = True,
+    *,
+    track: bool = False,
+    progress: Progress | None = None,
 ) -> Iterator[tuple[int, Detections]]:
-    """Predict frame by frame; the annotated video is written atomically (mp4v)."""
+    """Predict frame by frame; the annotated video is written atomically (mp4v).
+
+    ``path``: a video file, or a stream as text (a webcam index or a URL, see
+    :mod:`dfine_cli.streams`). ``track``: give detections ByteTrack ids
+    (:mod:`dfine_cli.tracking`); the tracker also sees detections below ``conf``, down to
+    :data:`~dfine_cli.tracking.TRACK_LOW_SCORE`, but only those passing ``conf`` are
+    yielded. On a stream the first Ctrl-C ends it like its end: the video written so far is
+    kept, as for a source that ends.
+    """
     from dfine_cli.media import cv2_module
 
     cv2 = cv2_module()
+    keep = conf if isinstance(conf, DetectionFilter) else DetectionFilter(default_conf=conf)
+    tracker = None
+    if track:
+        from dfine_cli.tracking import TRACK_LOW_SCORE, ByteTracker, check_tracking_available
 
-    cap, info = open_video(path)
-    target = output_dir / f"{path.stem}.mp4"
+        check_tracking_available()
+    source = open_frame_source(path)
+    if track:
+        tracker = ByteTracker(frame_rate=source.info.fps, new_track_conf=keep.min_conf)
+    seen = keep.with_floor(TRACK_LOW_SCORE) if tracker is not None else keep
+    target = output_dir / f"{source.stem}.mp4"
     try:
         # Without --save nothing is written (not even an empty video file).
-        with atomic_path(target) if save else contextlib.nullcontext(target) as tmp:
+        with (atomic_path(target) if save else contextlib.nullcontext(target)) as tmp, \
+                (StopOnInterrupt() if source.live else contextlib.nullcontext()) as stop:
             writer = None
             if save:
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), info.fps,
-                                         (info.width, info.height))
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), source.info.fps,
+                                         (source.info.width, source.info.height))
                 if not writer.isOpened():
                     raise DataError(f"cannot create video writer for {target}")
+            frames: Iterable[np.ndarray] = source.frames()
+            if source.info.frames > 0 and progress is not None:
+                frames = progress(frames, source.stem, source.info.frames)
+            elif source.live or source.info.frames <= 0:  # no length to show progress against
+                frames = log_frame_rate(frames, source.label)
             try:
-                for index, frame in enumerate(iter_video_frames(cap)):
-                    det = detector.predict(frame, conf=conf)[0]
-                    det.path = str(path)
+                for index, frame in enumerate(frames):
+                    det = detector.predict(frame, conf=seen)[0]
+                    if tracker is not None:
+                        det = tracker.update(det)
+                        det = det.select(keep.keep(det.labels, det.scores))
+                    det.path = source.label
                     if writer is not None:
                         writer.write(draw_detections(frame, det))
                     yield index, det
+                    if stop is not None and stop.requested:
+                        log.info("%s: stopped by Ctrl-C after %d frames", source.label, index + 1)
+                        break
             finally:
                 if writer is not None:
                     writer.release()
     finally:
-        cap.release()  # type: ignore[attr-defined]
+        source.release()
 
 
 def run_prediction(
     detector: Detector,
     source: str | Path,
     output_dir: Path,
-    conf: float = 0.5,
+    conf: ConfInput | FilterSpec | DetectionFilter = DEFAULT_CONF,
     batch_size: int = 1,
     save: bool = True,
-    progress: Callable[[Iterable[Any], str, int], Iterator[Any]] | None = None,
+    progress: Progress | None = None,
+    *,
+    classes: ClassesInput | None = None,
+    track: bool = False,
 ) -> PredictSummary:
     """Resolve ``source``, predict everything, write annotated files and predictions.json.
+
+    ``source`` may also be a stream (a webcam index or URL, see :mod:`dfine_cli.streams`).
+    ``conf`` and ``classes`` choose the detections kept (:mod:`dfine_cli.detection_filter`:
+    ``conf="0.3,person=0.5"``, ``classes="person,car"``). ``track``: ByteTrack ids on the
+    detections of videos and streams (``track_id`` in the records; images are not tracked).
 
     Unreadable images and videos are skipped and listed in ``summary.errors`` (and in the
     ``errors`` list of predictions.json); check it: the caller decides the exit status.
     """
-    sources = resolve_sources(source)
-    total = len(sources.images) + len(sources.videos)
+    keep = detection_filter(conf, classes, detector.class_names, DEFAULT_CONF)
+    if track:
+        from dfine_cli.tracking import check_tracking_available
+
+        check_tracking_available()
+    streams = [str(source)] if is_stream(source) else []
+    sources = SourceList(images=[], videos=[]) if streams else resolve_sources(source)
+    videos: list[Path | str] = [*sources.videos, *streams]
+    total = len(sources.images) + len(videos)
     if not total:
         raise DataError(f"no images or videos found in {source}")
     summary = PredictSummary(output_dir=output_dir)
     # One input: its failure is the command's failure. Several: skip and list the bad ones.
     errors = summary.errors if total > 1 else None
-    for det in predict_images(detector, sources.images, output_dir, conf, batch_size, save,
+    if track and sources.images:
+        log.info("tracking applies to videos and streams; %d image(s) get no track ids",
+                 len(sources.images))
+    for det in predict_images(detector, sources.images, output_dir, keep, batch_size, save,
                               progress, errors=errors):
         summary.records.append(det.to_dict())
         summary.images += 1
         summary.detections += len(det)
-    for video in sources.videos:
+    for video in videos:
         try:
-            for index, det in predict_video(detector, video, output_dir, conf, save):
+            for index, det in predict_video(detector, video, output_dir, keep, save,
+                                            track=track, progress=progress):
                 record = det.to_dict()
                 record["frame"] = index
                 summary.records.append(record)
@@ -200,3 +267,34 @@ def _unique_name(path: Path, used: set[str], suffix: str) -> str:
         n += 1
     used.add(name)
     return name
+
+
+def predict_to_run_folder(
+    weights: str | Path,
+    source: str | Path,
+    *,
+    options: DetectorOptions | None = None,
+    output: Path | None = None,
+    conf: ConfInput | FilterSpec = DEFAULT_CONF,
+    batch_size: int = 1,
+    save: bool = True,
+    progress: Progress | None = None,
+    classes: ClassesInput | None = None,
+    track: bool = False,
+) -> PredictSummary:
+    """``dfine predict``: open ``weights`` (see :func:`~dfine_cli.detector_options.open_detector`)
+    and run :func:`run_prediction` into ``output`` or the next ``runs/predict/exp{N}``.
+
+    A folder created here is removed again if nothing could be written into it.
+    """
+    from dfine_cli.detector_options import open_detector
+    from dfine_cli.fileio import run_dir
+
+    if track:  # a missing extra fails before the model loads
+        from dfine_cli.tracking import check_tracking_available
+
+        check_tracking_available()
+    detector = open_detector(weights, options)
+    with run_dir("predict", output) as out_dir:
+        return run_prediction(detector, source, out_dir, conf=conf, batch_size=batch_size,
+                              save=save, progress=progress, classes=classes, track=track)

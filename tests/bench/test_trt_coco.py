@@ -76,8 +76,8 @@ def test_bench_trt_without_gpu_exits_6(tmp_path):
     write_jpeg(tmp_path / "imgs" / "a.jpg")
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")
-    res = subprocess.run([sys.executable, "-m", "dfine_cli", "bench", "trt", "--engine",
-                          str(engine), "--coco-dir", str(tmp_path / "imgs")],
+    res = subprocess.run([sys.executable, "-m", "dfine_cli", "bench", "trt",
+                          str(engine), "--data", str(tmp_path / "imgs")],
                          capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"},
                          timeout=600)
     assert res.returncode == 6 and len(res.stderr.strip().splitlines()) == 1

@@ -263,7 +263,7 @@ def test_budget_spent_fails_the_remaining_checks(tmp_path, monkeypatch):
 
 
 def test_keyed_checkpoint_loads_as_an_official_checkpoint(tmp_path):
-    from dfine_cli.checkpoint import read_checkpoint
+    from dfine_cli.checkpoints import read_checkpoint
     from tests.conftest import require_reference
 
     require_reference()

@@ -240,5 +240,5 @@ def test_outputs_that_are_folders_or_below_files_fail_before_any_work(ckpt, tmp_
     _one_error(dfine("export", ckpt, "--output", tmp_path / "file" / "x.onnx"), 8,
                f"file system error: a part of the path is a file, not a folder: {tmp_path / 'file'}")
     (tmp_path / "report.html").mkdir()
-    _one_error(dfine("viz", "report", tmp_path, "-w", ckpt, "-o", tmp_path / "report.html"), 8,
+    _one_error(dfine("viz", "report", ckpt, "--data", tmp_path, "-o", tmp_path / "report.html"), 8,
                "is a directory, not a file")

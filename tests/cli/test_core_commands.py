@@ -57,6 +57,7 @@ def test_predict_folder_json(ckpt, tmp_path):
     assert record["detections"][0]["name"] in {"a", "b", "c"}
     assert sorted(p.name for p in out_dir.iterdir()) == ["im0.jpg", "im1.jpg", "im2.jpg", "predictions.json"]
     assert "Traceback" not in res.stderr
+    assert res.stderr.splitlines()[-1] == f"Results saved to {out_dir}"
 
 
 def test_predict_default_run_dirs_are_numbered(ckpt, tmp_path):
@@ -121,6 +122,14 @@ def test_bad_checkpoints_exit_4(tmp_path):
 def test_verbose_shows_traceback(tmp_path):
     res = run("--verbose", "info", str(tmp_path / "nope.pth"))
     assert res.returncode == 4 and "Traceback" in res.stderr
+
+
+@pytest.mark.parametrize("flag", ["-v", "--verbose"])
+def test_verbose_is_accepted_after_the_command(tmp_path, flag):
+    res = run("info", str(tmp_path / "nope.pth"), flag)
+    assert res.returncode == 4 and "Traceback" in res.stderr
+    quiet = run("info", str(tmp_path / "nope.pth"))
+    assert quiet.returncode == 4 and "Traceback" not in quiet.stderr
 
 
 def test_cuda_device_without_gpu_exit_6(ckpt, tmp_path):
@@ -193,5 +202,10 @@ def test_eval_cli_json_and_files(ckpt, tmp_path):
     payload = json.loads(res.stdout)
     assert payload["schema_version"] == 1 and set(payload["stats"]) >= {"AP", "AP50", "ARl"}
     assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "per_class.csv").is_file()
+    assert res.stderr.splitlines()[-1] == f"Results saved to {tmp_path / 'ev'}"
+    numbered = run("eval", str(ckpt), "--data", str(tmp_path / "data"), "--workers", "0", cwd=tmp_path)
+    assert numbered.returncode == 0, numbered.stderr
+    assert numbered.stderr.splitlines()[-1] == "Results saved to runs/eval/exp"
+    assert "AP50" in numbered.stdout and "Results saved" not in numbered.stdout
     wrong = run("eval", str(ckpt), "--data", str(tmp_path / "nowhere"))
     assert wrong.returncode in (2, 3) and wrong.stderr.startswith("error:")

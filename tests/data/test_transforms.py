@@ -18,13 +18,10 @@ from torchvision import tv_tensors
 from dfine_cli.data.dataset import CocoDetectionDataset
 from dfine_cli.data.mosaic import Mosaic, MosaicConfig
 from dfine_cli.data.transforms import (
-    DEIM_MOSAIC,
     HORIZONTAL_FLIP,
     IOU_CROP,
     MOSAIC,
     PHOTOMETRIC_DISTORT,
-    RECIPES,
-    SIZES,
     ZOOM_OUT,
     AugmentPolicy,
     BatchCollator,
@@ -32,11 +29,13 @@ from dfine_cli.data.transforms import (
     MixupPolicy,
     MultiScalePolicy,
     TrainTransforms,
-    augment_preset,
     collate,
     generate_scales,
 )
+from dfine_cli.engine.recipes import DEIM_MOSAIC, augment_preset
 from dfine_cli.errors import UsageError
+from dfine_cli.models.presets import SIZES
+from dfine_cli.models.presets import VARIANTS as RECIPES
 
 ALL_OPS = {MOSAIC, PHOTOMETRIC_DISTORT, ZOOM_OUT, IOU_CROP, HORIZONTAL_FLIP}
 # DEIM's Mosaic scaled down to the tiny test images (the official 320 px would dominate run time).
@@ -139,7 +138,7 @@ def test_preset_overrides_and_validation() -> None:
     assert (config.img_size, config.base_size, config.mixup_prob) == (320, 320, 0.25)
     with pytest.raises(UsageError, match="unknown augmentation settings"):
         augment_preset("deim", "s", mixup=0.3)
-    with pytest.raises(UsageError, match="no augmentation preset"):
+    with pytest.raises(UsageError, match="no recipe 'yolo'"):
         augment_preset("yolo", "s")
     with pytest.raises(UsageError, match="policy_epochs"):
         augment_preset("deim", "s", policy_epochs=(4, 64))

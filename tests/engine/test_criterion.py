@@ -540,7 +540,7 @@ def test_losses_match_the_official_criterion(variant: str, parity_inputs: dict) 
     model's corner logits by 1e-6 relative moves them by up to ~1.5e-4 relative, so they also
     get an absolute tolerance of 1e-7 (under 1e-8 of the total).
     """
-    from dfine_cli.checkpoint import load_weights
+    from dfine_cli.checkpoints import load_weights
     from dfine_cli.models.build import build_model
 
     expected = parity_inputs[variant]

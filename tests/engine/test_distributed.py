@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfine_cli.checkpoint import read_checkpoint
+from dfine_cli.checkpoints import read_checkpoint
 from dfine_cli.data.synth import make_synthetic_dataset
 from dfine_cli.engine.config import TrainConfig
 

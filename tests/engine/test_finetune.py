@@ -121,7 +121,7 @@ def test_tuning_on_two_of_three_classes_scores_before_the_first_step(tmp_path, c
     The base model uses as many queries as the 320-pixel input has anchors (500), so that the
     encoder's query selection does not depend on which classes the head has.
     """
-    from dfine_cli.checkpoint import ModelInfo, save_checkpoint
+    from dfine_cli.checkpoints import ModelInfo, save_checkpoint
     from dfine_cli.data.synth import make_synthetic_dataset
     from dfine_cli.detector import preprocess
     from dfine_cli.media import read_image_rgb

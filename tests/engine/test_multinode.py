@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from dfine_cli.checkpoint import read_checkpoint
+from dfine_cli.checkpoints import read_checkpoint
 from dfine_cli.data.synth import make_synthetic_dataset
 
 DIST_TIMEOUT_S = 30

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfine_cli.checkpoint import read_checkpoint
+from dfine_cli.checkpoints import read_checkpoint
 from dfine_cli.data.synth import make_synthetic_dataset
 from dfine_cli.detector import Detector
 from dfine_cli.engine.config import TrainConfig, merge, parse_set
 from dfine_cli.engine.run_lock import LOCK_NAME, RunFolderInUse, read_owner
 from dfine_cli.engine.trainer import Trainer, train
-from dfine_cli.errors import DataError, TrainingError, UsageError
+from dfine_cli.errors import CheckpointError, DataError, TrainingError, UsageError
 
 
 def _remap_ids(root: Path, ids: dict[int, int]) -> None:
@@ -56,6 +56,13 @@ def test_train_writes_run_files_and_custom_ids_flow_through(tiny_data, tmp_path)
     assert result.epochs_run == 2 and len(result.history) == 2
     assert "val_AP" in result.history[-1] and "loss_vfl" in result.history[0]
     ckpt = read_checkpoint(run / "best.pth")
+    # best.pth is what users ship: inference weights and model info, no training state.
+    assert ckpt.training is None and read_checkpoint(run / "last.pth").training is not None
+    assert (run / "best.pth").stat().st_size < 17e6 < 2 * 17e6 < (run / "last.pth").stat().st_size
+    trained = torch.load(run / "best.pth", weights_only=True)["trained"]
+    assert trained["epoch"] == result.best_epoch and trained["value"] == result.best_metric
+    with pytest.raises(CheckpointError, match=r"best.pth holds only the inference weights; resume from .*last.pth"):
+        Trainer(tiny_config(tiny_data, tmp_path / "other", resume=str(run / "best.pth")))
     assert ckpt.info.category_ids == [3, 7, 42]
     assert ckpt.info.class_names == ["square", "circle", "triangle"]
     det = Detector.from_checkpoint(run / "best.pth")
@@ -158,7 +165,7 @@ def test_bad_dataset_fails_before_training(tiny_data, tmp_path):
 
 SLOW_SAVE = """
 import io, os, sys, time, torch
-import dfine_cli.checkpoint as ck
+import dfine_cli.checkpoints.ours as ck
 real_save = torch.save
 calls = {"n": 0}
 def slow_save(obj, path, *a, **k):
@@ -223,7 +230,7 @@ def test_output_holding_a_run_is_refused_unless_exist_ok(tiny_data, tmp_path, mo
     result = train(tiny_config(tiny_data, out, epochs=1, exist_ok=True, eval_every=5))
     assert seen[0] is not None and seen[0].pid == os.getpid()  # locked while training
     assert not (out / LOCK_NAME).exists()  # and released after
-    assert read_checkpoint(result.best_checkpoint).training["epoch"] == 1
+    assert torch.load(result.best_checkpoint, weights_only=True)["trained"]["epoch"] == 1
     assert (out / "notes.txt").read_text() == "mine"
 
 

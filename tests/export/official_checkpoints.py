@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dfine_cli.checkpoint import load_weights, read_checkpoint
+from dfine_cli.checkpoints import load_weights, read_checkpoint
 from dfine_cli.models.build import build_model_from_config
 from tests.models.reference_weights import keyed_state_dict
 

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from dfine_cli.checkpoint import read_checkpoint
+from dfine_cli.checkpoints import read_checkpoint
 from dfine_cli.detector import Detector
 from dfine_cli.errors import ExportError
 from dfine_cli.export.compare import compare_detections

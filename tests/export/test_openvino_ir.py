@@ -77,7 +77,7 @@ def test_bad_options_are_usage_errors(ckpt, tmp_path):
     res = _cli("export", str(ckpt), "--format", "openvino", "--int8")
     assert res.exit_code != 0 and "--data" in res.output
     res = _cli("export", str(ckpt), "--int8", "--data", str(tmp_path))
-    assert res.exit_code != 0 and "--format openvino only" in res.output
+    assert res.exit_code != 0 and "--format openvino or engine only" in res.output
     res = _cli("export", str(ckpt), "--format", "openvino", "--int8", "--data", str(tmp_path / "none"))
     assert res.exit_code != 0 and "not found" in res.output
     with pytest.raises(UsageError):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from dfine_cli.checkpoint import read_checkpoint
+from dfine_cli.checkpoints import read_checkpoint
 from dfine_cli.errors import CheckpointError, DependencyError
 from dfine_cli.hub.pretrained import (
     backbone_entry,

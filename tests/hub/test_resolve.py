@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dfine_cli.checkpoint import read_checkpoint
+from dfine_cli.checkpoints import read_checkpoint
 from dfine_cli.detector import Detector
 from dfine_cli.errors import CheckpointError, DependencyError, UsageError
 from dfine_cli.hub import is_weights_name, resolve_weights

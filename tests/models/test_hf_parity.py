@@ -1,4 +1,4 @@
-"""transformers' D-FINE and ours agree on the same weights (converted by ``hf_convert``).
+"""transformers' D-FINE and ours agree on the same weights (converted by ``dfine_cli.checkpoints.transformers``).
 
 Both models run in eval mode on one fixed random 640×640 batch. transformers' model has no
 input normalisation (pixels in 0..1, like ours) and selects queries the same way. Rows are
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfine_cli.checkpoint import load_weights, read_checkpoint
+from dfine_cli.checkpoints import load_weights, read_checkpoint
 from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.outputs import HeadOutput
 from dfine_cli.models.presets import ModelConfig

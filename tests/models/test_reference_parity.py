@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dfine_cli import Detector
-from dfine_cli.checkpoint import read_checkpoint
+from dfine_cli.checkpoints import read_checkpoint
 from dfine_cli.models.dfine import DeployModel
 from tests.conftest import require_reference
 

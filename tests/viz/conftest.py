@@ -21,7 +21,7 @@ def shapes_dataset(tmp_path_factory) -> Path:
 def fake_predictions(shapes_dataset):
     """Per val image: every ground-truth box found (jittered), one missed on odd images, one
     wrong-class duplicate and one background box; scores descending."""
-    from dfine_cli.bench.accuracy import ImagePrediction, open_split
+    from dfine_cli.engine.evaluate import ImagePrediction, open_split
 
     dataset = open_split(shapes_dataset, "val")
     rng = np.random.default_rng(0)

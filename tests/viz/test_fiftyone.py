@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfine_cli.bench.accuracy import ImagePrediction
+from dfine_cli.engine.evaluate import ImagePrediction
 from dfine_cli.errors import DependencyError
 from dfine_cli.viz.fiftyone_export import relative_xywh, to_sample_records
 
@@ -71,8 +71,8 @@ def test_missing_fiftyone_is_one_line_exit_6(shapes_dataset, tmp_path):
 
     from dfine_cli.cli.main import app
 
-    res = CliRunner().invoke(app, ["viz", "fiftyone", str(shapes_dataset), "--weights",
-                                   str(tmp_path / "w.pth")])
+    res = CliRunner().invoke(app, ["viz", "fiftyone", str(tmp_path / "w.pth"), "--data",
+                                   str(shapes_dataset)])
     assert res.exit_code == 6 and "pip install 'dfine[viz]'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     with pytest.raises(DependencyError):

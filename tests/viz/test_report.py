@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dfine_cli.bench.accuracy import evaluate_predictions
+from dfine_cli.engine.evaluate import evaluate_predictions
 from dfine_cli.viz.report import image_errors, worst_images, write_report
 from tests.helpers import tiny_checkpoint
 
@@ -72,16 +72,16 @@ def test_viz_report_cli(shapes_dataset, tmp_path):
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.pth", img_size=256)
     out = tmp_path / "r.html"
-    res = CliRunner().invoke(app, ["viz", "report", str(shapes_dataset), "--weights", str(ckpt),
+    res = CliRunner().invoke(app, ["viz", "report", str(ckpt), "--data", str(shapes_dataset),
                                    "--output", str(out), "--gallery", "2", "--json"])
     assert res.exit_code == 0, res.stderr
     payload = json.loads(res.stdout)
     assert payload["schema_version"] == 1 and payload["images"] == 6 and out.is_file()
-    bad = CliRunner().invoke(app, ["viz", "report", str(shapes_dataset), "--weights", str(ckpt),
+    bad = CliRunner().invoke(app, ["viz", "report", str(ckpt), "--data", str(shapes_dataset),
                                    "--output", str(tmp_path / "r.pdf")])
     assert bad.exit_code == 2 and not (tmp_path / "r.pdf").exists()
-    missing = CliRunner().invoke(app, ["viz", "report", str(tmp_path / "nope"), "--weights",
-                                       str(ckpt), "--output", str(tmp_path / "x.html")])
+    missing = CliRunner().invoke(app, ["viz", "report", str(ckpt), "--data",
+                                       str(tmp_path / "nope"), "--output", str(tmp_path / "x.html")])
     assert missing.exit_code == 3 and not (tmp_path / "x.html").exists()
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from dfine_cli.backends.base import BackendMeta
 from dfine_cli.errors import CheckpointError, DependencyError, require
+from dfine_cli.image_size import DEFAULT_IMG_SIZE
 
 
 def read_onnx_metadata(session: object) -> dict[str, str]:
@@ -20,7 +21,7 @@ def meta_from_onnx(session: object) -> BackendMeta:
     """Input size from the ``images`` input; class names from our metadata if present."""
     inputs = {i.name: i for i in session.get_inputs()}  # type: ignore[attr-defined]
     if "images" not in inputs or "orig_target_sizes" not in inputs:
-        from dfine_cli.checkpoint import NOT_A_CHECKPOINT
+        from dfine_cli.checkpoints import NOT_A_CHECKPOINT
 
         raise CheckpointError(
             f"{NOT_A_CHECKPOINT}: the ONNX model does not have the D-FINE inputs 'images' and "
@@ -30,12 +31,12 @@ def meta_from_onnx(session: object) -> BackendMeta:
     try:
         h, w = int(shape[2]), int(shape[3])
     except (TypeError, ValueError):
-        h, w = 640, 640
+        h, w = DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE
     custom = read_onnx_metadata(session)
     names: list[str] = json.loads(custom["class_names"]) if "class_names" in custom else []
     ids: list[int] = json.loads(custom["category_ids"]) if "category_ids" in custom else []
     if not names:
-        from dfine_cli.checkpoint import ModelInfo
+        from dfine_cli.checkpoints import ModelInfo
 
         # An official export carries no names: assume COCO when the output fits 80 classes.
         names, ids = ModelInfo.default_names(80)
@@ -62,7 +63,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=chosen)  # type: ignore[attr-defined]
         except Exception as exc:  # onnxruntime raises its own exception types
-            from dfine_cli.checkpoint import NOT_A_CHECKPOINT
+            from dfine_cli.checkpoints import NOT_A_CHECKPOINT
 
             why = "is empty" if path.stat().st_size == 0 else (
                 f"is not a loadable ONNX model: {str(exc).splitlines()[0][:200]}")

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dfine_cli.backends.base import BackendMeta
+from dfine_cli.devices import resolve_backend_device
 from dfine_cli.errors import CheckpointError, HardwareError, UsageError, require
 
 log = logging.getLogger("dfine.backends.openvino")
@@ -30,14 +32,10 @@ OPENVINO_PRECISIONS: dict[str, str] = {"fp32": "f32", "bf16": "bf16", "fp16": "f
 _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
 
 
-def openvino_device(device: str | None) -> str:
+def openvino_device(device: str | torch.device | None) -> str:
     """Our ``--device`` value -> an OpenVINO device name (only the CPU is supported)."""
-    if device in (None, "", "cpu", "auto"):
-        return "CPU"
-    raise UsageError(
-        f"the OpenVINO backend runs on the CPU; got --device {device} "
-        "(use --backend onnxruntime or tensorrt for CUDA)"
-    )
+    resolve_backend_device("openvino", device)
+    return "CPU"
 
 
 def meta_from_onnx_file(path: Path, img_size: tuple[int, int], dynamic_batch: bool) -> BackendMeta:
@@ -73,7 +71,7 @@ def _meta(props: dict[str, str], img_size: tuple[int, int], dynamic_batch: bool)
     names: list[str] = json.loads(props["class_names"]) if "class_names" in props else []
     ids: list[int] = json.loads(props["category_ids"]) if "category_ids" in props else []
     if not names:
-        from dfine_cli.checkpoint import ModelInfo
+        from dfine_cli.checkpoints import ModelInfo
 
         names, ids = ModelInfo.default_names(80)
     return BackendMeta(
@@ -105,7 +103,7 @@ class OpenVINOBackend:
         *,
         threads: int | None = None,
         precision: str = "fp32",
-        device: str | None = "cpu",
+        device: str | torch.device | None = "cpu",
     ) -> None:
         ov = require("openvino", "openvino")
         path = Path(path)
@@ -125,7 +123,7 @@ class OpenVINOBackend:
         try:
             self.model = self.core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError with a long report
-            from dfine_cli.checkpoint import NOT_A_CHECKPOINT
+            from dfine_cli.checkpoints import NOT_A_CHECKPOINT
 
             raise CheckpointError(
                 f"{NOT_A_CHECKPOINT}: OpenVINO cannot read {path}: "
@@ -133,7 +131,7 @@ class OpenVINOBackend:
             ) from exc
         names = {port.get_any_name() for port in self.model.inputs}
         if not {"images", "orig_target_sizes"} <= names:
-            from dfine_cli.checkpoint import NOT_A_CHECKPOINT
+            from dfine_cli.checkpoints import NOT_A_CHECKPOINT
 
             raise CheckpointError(
                 f"{NOT_A_CHECKPOINT}: the ONNX model does not have the D-FINE inputs 'images' "

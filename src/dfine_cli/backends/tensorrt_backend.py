@@ -15,12 +15,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dfine_cli.backends.base import BackendMeta
 from dfine_cli.errors import CheckpointError, DependencyError, HardwareError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("dfine.backends.tensorrt")
 
@@ -152,20 +155,16 @@ def torch_dtype_name(trt_dtype_name: str) -> str:
 class TensorRTBackend:
     """``(images [N,3,H,W] float32, orig_sizes [N,2] int64) -> (labels, boxes, scores)`` on a GPU."""
 
-    def __init__(self, path: Path, device: str | None = "cuda") -> None:
+    def __init__(self, path: Path, device: str | torch.device | None = "cuda") -> None:
         trt = require_tensorrt()
         import torch
 
-        from dfine_cli.device import resolve_device
+        from dfine_cli.devices import resolve_backend_device
 
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"TensorRT engine not found: {path}")
-        dev = resolve_device("cuda" if device in (None, "", "auto", "cpu") else device)
-        if dev.type != "cuda":
-            raise UsageError(f"TensorRT runs on a CUDA device, got --device {device}")
-        if device == "cpu":
-            log.info("TensorRT runs on the GPU: using %s", dev)
+        dev = resolve_backend_device("tensorrt", device)
         self._torch = torch
         self.device = dev
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -193,7 +192,7 @@ class TensorRTBackend:
         self.batch_range = (int(profile_min[0]), int(profile_max[0]))
         info = read_engine_info(path)
         if info is None:
-            from dfine_cli.checkpoint import ModelInfo
+            from dfine_cli.checkpoints import ModelInfo
 
             log.info("%s has no %s: class names default to COCO", path.name,
                      engine_sidecar(path).name)

@@ -12,15 +12,15 @@ the reference: ``delta_ap`` is each row's AP minus the reference's AP on the sam
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dfine_cli.backends import BACKENDS
 from dfine_cli.bench.latency import (
-    BENCH_BACKENDS,
     PRECISIONS,
     Stats,
     check_precision,
@@ -31,6 +31,7 @@ from dfine_cli.bench.latency import (
 )
 from dfine_cli.errors import UsageError
 from dfine_cli.hub import is_weights_name
+from dfine_cli.progress import Progress
 
 log = logging.getLogger("dfine.bench.compare")
 
@@ -55,8 +56,8 @@ def parse_run(text: str) -> RunSpec:
     """``"openvino:bf16"`` -> ``RunSpec("openvino", "bf16")``; precision defaults to fp32."""
     backend, _, precision = text.strip().lower().partition(":")
     precision = precision or "fp32"
-    if backend not in BENCH_BACKENDS:
-        raise UsageError(f"--run {text!r}: backend must be one of {', '.join(BENCH_BACKENDS)}")
+    if backend not in BACKENDS:
+        raise UsageError(f"--run {text!r}: backend must be one of {', '.join(BACKENDS)}")
     if precision == "int8":
         if backend != "openvino":
             raise UsageError(f"--run {text!r}: int8 runs on openvino only (openvino:int8)")
@@ -111,10 +112,10 @@ class CompareRow:
         return 1000.0 * self.batch_size / self.latency.median_ms
 
     def cells(self) -> tuple[str, ...]:
-        def pct(v: float | None, signed: bool = False) -> str:
+        def pct(v: float | None, signed: bool = False) -> str:  # AP as a fraction, as in eval
             if v is None:
                 return "-"
-            return f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
+            return f"{v:+.4f}" if signed else f"{v:.4f}"
 
         return (
             Path(self.weights).name, self.run.backend, self.run.precision,
@@ -143,7 +144,7 @@ def compare(
     *,
     data: str | Path | None = None,
     split: str = "val",
-    device: str = "cpu",
+    device: str = "auto",
     threads: int | None = None,
     batch_size: int = 1,
     img_size: int | None = None,
@@ -151,12 +152,14 @@ def compare(
     iters: int = 20,
     max_images: int | None = None,
     work_dir: Path,
-    progress: Callable[..., Any] | None = None,
+    progress: Progress | None = None,
 ) -> list[CompareRow]:
     """Measure every applicable (weights, run) pair; with ``data``, also its COCO AP."""
     if not weights:
         raise UsageError("give at least one weights file")
-    plan: list[tuple[str, RunSpec]] = []
+    from dfine_cli.devices import resolve_backend_device
+
+    plan: list[tuple[str, RunSpec, str]] = []  # weights, run, the device it runs on
     for w in weights:
         if not is_preset_name(w) and not Path(w).exists() and not is_weights_name(w):
             raise UsageError(f"weights not found: {w}")
@@ -164,17 +167,18 @@ def compare(
         if not applicable:
             raise UsageError(f"none of the runs {[r.label for r in runs]} applies to {w}")
         for run in applicable:
+            run_device = str(resolve_backend_device(run.backend, device))
             if run.precision == "int8":
                 if data is None:
                     raise UsageError("openvino:int8 needs --data: its images calibrate the quantization")
-                if device != "cpu":
+                if run_device != "cpu":
                     raise UsageError("openvino:int8 runs on the CPU (--device cpu)")
             else:
-                check_precision(run.backend, run.precision, device)
-            plan.append((w, run))
+                check_precision(run.backend, run.precision, run_device)
+            plan.append((w, run, run_device))
     dataset = None
     if data is not None:
-        from dfine_cli.bench.accuracy import open_split
+        from dfine_cli.engine.evaluate import open_split
 
         dataset = open_split(data, split)
     if threads:
@@ -183,28 +187,27 @@ def compare(
     images = synthetic_images(max(batch_size, 4), 640, 480)
     rows: list[CompareRow] = []
     reference_ap: dict[str, float] = {}
-    for w, run in plan:
+    for w, run, run_device in plan:
         log.info("measuring %s on %s", w, run.label)
         if run.precision == "int8":
             assert data is not None
             xml = int8_model(w, data, split, img_size=img_size, work_dir=work_dir)
-            loaded = load_bench_detector(xml, backend="openvino", precision="fp32", device=device,
+            loaded = load_bench_detector(xml, backend="openvino", precision="fp32", device=run_device,
                                          threads=threads, work_dir=work_dir)
             loaded.precision = "int8"
         else:
             loaded = load_bench_detector(w, backend=run.backend, precision=run.precision,
-                                         device=device, threads=threads, img_size=img_size,
+                                         device=run_device, threads=threads, img_size=img_size,
                                          work_dir=work_dir, onnx_cache=onnx_cache)
         stats = measure_latency(loaded.detector, images, batch_size=batch_size, warmup=warmup,
                                 iters=iters)
         row = CompareRow(w, RunSpec(run.backend, loaded.precision), stats["end_to_end"],
                          batch_size, loaded.detector.backend.meta.description)
         if dataset is not None:
-            from dfine_cli.bench.accuracy import evaluate_predictions, predict_split
+            from dfine_cli.engine.evaluate import evaluate
 
-            predictions = predict_split(loaded.detector, dataset, batch_size=batch_size,
-                                        limit=max_images, progress=progress)
-            result = evaluate_predictions(predictions, dataset)
+            result = evaluate(loaded.detector, dataset, batch_size=batch_size, limit=max_images,
+                              progress=progress).result
             row.ap, row.ap50 = _finite(result.stats["AP"]), _finite(result.stats["AP50"])
             if row.ap is not None:
                 base = reference_ap.setdefault(w, row.ap)
@@ -223,10 +226,11 @@ def int8_model(
     ``split`` when the dataset has no ``train`` split (then said in the log).
     """
     from dfine_cli.data.cocofile import resolve_dataset
-    from dfine_cli.detector import Detector, check_img_size
+    from dfine_cli.detector import Detector
     from dfine_cli.errors import DataError
     from dfine_cli.export.int8 import calibration_images
     from dfine_cli.export.openvino_ir import Int8Options, export_openvino
+    from dfine_cli.image_size import DEFAULT_IMG_SIZE, check_img_size
 
     try:
         folder = resolve_dataset(data, "train").images_dir
@@ -234,9 +238,9 @@ def int8_model(
         log.warning("no train split in %s: calibrating INT8 on the %s split it is evaluated on",
                     data, split)
         folder = resolve_dataset(data, split).images_dir
-    size = check_img_size((img_size, img_size)) if img_size else None
+    size = check_img_size(img_size) if img_size else None
     if is_preset_name(weights):
-        det = Detector.from_preset(weights.lower(), num_classes=80, img_size=size or 640)
+        det = Detector.from_preset(weights.lower(), num_classes=80, img_size=size or DEFAULT_IMG_SIZE)
     else:
         det = Detector.from_checkpoint(weights)
     assert det.model is not None and det.info is not None

@@ -24,6 +24,7 @@ holds the two frozen scalars ``up`` and ``reg_scale`` that we keep as buffers.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,3 +195,27 @@ def difference_note(result: Complexity) -> str:
         "operations and misses the attention products inside PyTorch's fused attention"
     )
     return "; ".join(parts)
+
+
+def complexity_of(
+    models: Sequence[str], img_size: tuple[int, int] | None = None, variant: str | None = None
+) -> list[tuple[str, Complexity]]:
+    """``dfine bench info``: :func:`model_complexity` of each preset name (``n``..``x``, 80
+    classes) or checkpoint in ``models``, at ``img_size`` ``(h, w)`` pixels (``None``: a
+    checkpoint's own size, 640 for a preset). ``variant`` is the decoder variant of presets
+    and official ``.pth`` files (``None``: dfine, or read from the file)."""
+    from dfine_cli.bench.latency import is_preset_name
+    from dfine_cli.checkpoints import read_checkpoint
+    from dfine_cli.image_size import DEFAULT_IMG_SIZE
+    from dfine_cli.models.presets import preset
+
+    results = []
+    for name in models:
+        if is_preset_name(name):
+            config = preset(name.lower(), num_classes=80, variant=variant or "dfine")
+            size = img_size or (DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE)
+        else:
+            info = read_checkpoint(name, variant=variant).info
+            config, size = info.config, img_size or info.img_size
+        results.append((name, model_complexity(config, tuple(size))))  # type: ignore[arg-type]
+    return results

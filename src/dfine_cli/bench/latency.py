@@ -29,15 +29,18 @@ import numpy as np
 import torch
 
 from dfine_cli import __version__
+from dfine_cli.backends import BACKENDS
 from dfine_cli.backends.torch_backend import TorchBackend
-from dfine_cli.detector import Detector, check_img_size, preprocess
+from dfine_cli.detector import Detector, preprocess
+from dfine_cli.detector_options import DEFAULT_CONF
 from dfine_cli.errors import UsageError
+from dfine_cli.image_size import DEFAULT_IMG_SIZE, check_img_size
+from dfine_cli.models.presets import SIZES
 
 log = logging.getLogger("dfine.bench.latency")
 
-BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
-PRESET_NAMES = ("n", "s", "m", "l", "x")
+PRESET_NAMES = SIZES
 STAGES = ("preprocess", "model", "postprocess", "end_to_end")
 
 #: Which precisions each backend can run, and where (see :func:`check_precision`).
@@ -141,8 +144,8 @@ def library_versions() -> dict[str, str | None]:
 
 def check_precision(backend: str, precision: str, device: str) -> None:
     """Reject backend/precision/device combinations that cannot run (usage errors)."""
-    if backend not in BENCH_BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; one of {', '.join(BENCH_BACKENDS)}")
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
     if precision not in _SUPPORTED[backend]:
@@ -166,6 +169,13 @@ class LoadedBench:
     onnx_path: Path | None = None  # the ONNX an onnxruntime/openvino run used
 
 
+def check_engine_file(backend: str, weights: str | Path) -> None:
+    """``tensorrt`` measures built engines only: a usage error, raised before any device check."""
+    if backend == "tensorrt" and Path(str(weights)).suffix.lower() not in (".engine", ".trt", ".plan"):
+        raise UsageError("--backend tensorrt measures a built engine (.engine); build one "
+                         "with 'dfine export WEIGHTS --format engine'")
+
+
 def load_bench_detector(
     weights: str | Path,
     *,
@@ -187,11 +197,9 @@ def load_bench_detector(
     check_precision(backend, precision, device)
     name = str(weights)
     suffix = Path(name).suffix.lower()
-    size = check_img_size((img_size, img_size)) if img_size else None
+    size = check_img_size(img_size) if img_size else None
+    check_engine_file(backend, name)
     if backend == "tensorrt":
-        if suffix not in (".engine", ".trt", ".plan"):
-            raise UsageError("--backend tensorrt measures a built engine (.engine); build one "
-                             "with 'dfine export WEIGHTS --format engine'")
         if size is not None:
             raise UsageError("an engine has a fixed input size; --img-size does not apply")
         if precision != "fp32":
@@ -214,7 +222,7 @@ def load_bench_detector(
     if suffix in (".engine", ".trt", ".plan"):
         raise UsageError(f"{Path(name).name} is a TensorRT engine: use --backend tensorrt")
     if is_preset_name(name):
-        det = Detector.from_preset(name.lower(), num_classes=80, img_size=size or 640,
+        det = Detector.from_preset(name.lower(), num_classes=80, img_size=size or DEFAULT_IMG_SIZE,
                                    device=device if backend == "torch" else "cpu")
     else:
         det = Detector.from_checkpoint(name, device=device if backend == "torch" else "cpu")
@@ -319,7 +327,7 @@ def measure_latency(
     batch_size: int = 1,
     warmup: int = 10,
     iters: int = 50,
-    conf: float = 0.5,
+    conf: float = DEFAULT_CONF,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Stats]:
     """Time ``iters`` batches after ``warmup`` untimed ones; per-stage :class:`Stats`.
@@ -364,7 +372,19 @@ def run_latency(
     iters: int = 50,
     work_dir: Path,
 ) -> LatencyResult:
-    """Load ``weights`` for ``backend`` and measure it (see :func:`measure_latency`)."""
+    """Load ``weights`` for ``backend`` and measure it (see :func:`measure_latency`).
+
+    ``backend="auto"`` picks it by the file's extension as every command does (a preset or
+    checkpoint: torch); ``device="auto"`` is the backend's own choice
+    (:func:`~dfine_cli.devices.resolve_backend_device`).
+    """
+    from dfine_cli.backends import backend_for_file
+    from dfine_cli.devices import resolve_backend_device
+
+    if backend == "auto":
+        backend = backend_for_file(Path(str(weights)), None)
+    check_engine_file(backend, weights)
+    device = str(resolve_backend_device(backend, device))
     if threads:
         torch.set_num_threads(threads)
     loaded = load_bench_detector(weights, backend=backend, precision=precision, device=device,

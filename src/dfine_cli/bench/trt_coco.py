@@ -11,7 +11,7 @@ official benchmark letterboxes instead, which does not change the engine's work.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from dfine_cli.bench.latency import Stats
 from dfine_cli.detector import Detector, preprocess
 from dfine_cli.errors import DataError, UsageError
 from dfine_cli.media import IMAGE_SUFFIXES, read_image_rgb
+from dfine_cli.progress import Progress
 
 #: The official script's figures: warm-up runs and images timed.
 OFFICIAL_WARMUP = 1000
@@ -74,7 +75,7 @@ def coco_latency(
     *,
     warmup: int = OFFICIAL_WARMUP,
     clock: Callable[[], float] | None = None,
-    progress: Callable[..., Iterator[Any]] | None = None,
+    progress: Progress | None = None,
 ) -> CocoLatency:
     """Time ``detector``'s backend on each image of ``paths`` after ``warmup`` runs."""
     import time
@@ -108,3 +109,21 @@ def coco_latency(
         images=len(model_ms), warmup=warmup, model=Stats.from_samples(model_ms),
         preprocess=Stats.from_samples(prep_ms), description=detector.backend.meta.description,
     )
+
+
+def engine_coco_latency(
+    engine: str | Path,
+    data: str | Path,
+    *,
+    max_images: int = OFFICIAL_IMAGES,
+    warmup: int = OFFICIAL_WARMUP,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> CocoLatency:
+    """``dfine bench trt``: :func:`coco_latency` of a TensorRT ``engine`` on the first
+    ``max_images`` images directly in the folder ``data`` (e.g. COCO ``val2017/``)."""
+    from dfine_cli.backends.tensorrt_backend import TensorRTBackend
+
+    paths = list_images(data, max_images)
+    detector = Detector(TensorRTBackend(Path(engine), device=device))
+    return coco_latency(detector, paths, warmup=warmup, progress=progress)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -34,9 +34,10 @@ from dfine_cli.errors import (
     EXIT_TERMINATED,
     DfineError,
     Terminated,
-    UsageError,
     classify_os_error,
 )
+from dfine_cli.image_size import ImageSize, parse_img_size
+from dfine_cli.logs import err_console, setup_logging, stderr_is_tty
 
 JSON_SCHEMA_VERSION = 1
 
@@ -47,6 +48,7 @@ _state: dict[str, bool] = {"verbose": False}
 
 
 def set_verbose(verbose: bool) -> None:
+    """Turn ``--verbose`` on or off: debug logging, and tracebacks on errors."""
     _state["verbose"] = verbose
     setup_logging(verbose)
 
@@ -55,60 +57,14 @@ def is_verbose() -> bool:
     return _state["verbose"]
 
 
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
-
-
-def err_console() -> Console:
-    """Console on stderr; rich disables colour itself when ``NO_COLOR`` is set."""
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
 def out_console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Send the ``dfine`` logger to stderr: rich on a terminal, plain lines otherwise."""
-    logger = logging.getLogger("dfine")
-    logger.handlers.clear()
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    handler: logging.Handler
-    if stderr_is_tty():
-        from rich.logging import RichHandler
-
-        handler = RichHandler(console=err_console(), show_path=False, show_time=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = _CurrentStderrHandler()
-        rank = os.environ.get("RANK")
-        prefix = f"[rank {rank}] " if (verbose and rank is not None) else ""
-        handler.setFormatter(logging.Formatter(f"{prefix}%(levelname)s %(message)s"))
-    logger.addHandler(handler)
-
-
-class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at emit time (it may be replaced, e.g. in tests)."""
-
-    @property  # type: ignore[override]
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: object) -> None:
-        pass
-
-
-def img_size_option(value: int | None) -> tuple[int, int] | None:
+def img_size_option(value: int | None) -> ImageSize | None:
     """``--img-size`` checked the same way in every command: ``None`` (the model's) or a
     positive multiple of 32, returned as a square ``(h, w)``."""
-    if value is None:
-        return None
-    if value < 32 or value % 32:
-        raise UsageError(
-            f"--img-size must be a positive multiple of 32 (32, 64, 96, ..., 640, ...), got {value}"
-        )
-    return value, value
+    return parse_img_size(value)
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -186,6 +142,12 @@ def install_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def report_saved(path: Path | str) -> None:
+    """Name the run folder (or file) a command wrote, as the last line on stderr."""
+    sys.stderr.write(f"Results saved to {path}\n")
+    sys.stderr.flush()
+
+
 def print_json(payload: dict[str, Any]) -> None:
     """Print one JSON object with ``schema_version`` on stdout."""
     obj = {"schema_version": JSON_SCHEMA_VERSION, **payload}
@@ -194,8 +156,6 @@ def print_json(payload: dict[str, Any]) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    from pathlib import Path
-
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "tolist"):
@@ -229,9 +189,15 @@ def _fmt(value: Any) -> str:
 
 
 def track(items: Sequence[T] | Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a progress bar on a TTY, or plain ``description: i/n`` lines (every 10%)."""
+    """Iterate with a progress bar on a TTY, or plain ``description: i/n`` lines (every 10%).
+
+    Items that carry a ``status()`` text (:class:`dfine_cli.engine.train_status.StatusIterable`,
+    e.g. the running loss and learning rate of a training epoch) have it shown beside the bar
+    and at the end of each plain line.
+    """
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
+    status: Callable[[], str] = getattr(items, "status", None) or str
     if stderr_is_tty():
         from rich.progress import (
             BarColumn,
@@ -248,18 +214,20 @@ def track(items: Sequence[T] | Iterable[T], description: str, total: int | None 
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
             console=err_console(),
             transient=False,
         ) as progress:
-            task = progress.add_task(description, total=total)
+            task = progress.add_task(description, total=total, status="")
             for item in items:
                 yield item
-                progress.advance(task)
+                progress.update(task, advance=1, status=status())
         return
     step = max(1, (total or 10) // 10)
     for done, item in enumerate(items, start=1):
         yield item
         if done % step == 0 or (total is not None and done == total):
             suffix = f"/{total}" if total is not None else ""
-            sys.stderr.write(f"{description}: {done}{suffix}\n")
+            text = status()
+            sys.stderr.write(f"{description}: {done}{suffix}{' ' + text if text else ''}\n")
             sys.stderr.flush()

@@ -4,23 +4,35 @@ and several deployment options side by side."""
 from __future__ import annotations
 
 import tempfile
-from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from dfine_cli.cli._common import handle_errors, img_size_option, print_json, print_table, track
-from dfine_cli.cli.commands_core import VariantChoice
+from dfine_cli.cli.options import (
+    BACKEND_DEFAULT,
+    DEVICE_DEFAULT,
+    Backend,
+    BatchSize,
+    Device,
+    ImgSize,
+    Json,
+    MaxImages,
+    OptionalData,
+    Split,
+    Threads,
+    Variant,
+    Verbose,
+)
 from dfine_cli.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, help="Measure model size, compute, latency and accuracy.")
 
 
-class BenchBackend(str, Enum):
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
+@app.callback()
+def group(verbose: Verbose = False) -> None:
+    """-v/--verbose is accepted here too, between the group and its command."""
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -34,37 +46,28 @@ def _parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _precision(fp16: bool, bf16: bool) -> str:
+    if fp16 and bf16:
+        raise UsageError("choose one of --fp16 and --bf16")
+    return "fp16" if fp16 else "bf16" if bf16 else "fp32"
+
+
 # --------------------------------------------------------------------------- info
 
 
 @app.command("info")
+@handle_errors
 def info(
-    models: list[str] = typer.Argument(..., help="Preset names (n s m l x) and/or checkpoints."),
-    img_size: int = typer.Option(640, "--img-size", help="Square input size (multiple of 32)."),
-    variant: VariantChoice = typer.Option(None, help="Decoder variant of official .pth files (dfine or deim)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    models: Annotated[list[str], typer.Argument(metavar="WEIGHTS...", help="Preset names (n s m l x) and/or checkpoints.")],
+    img_size: Annotated[int | None, typer.Option("--img-size", help="Network input side in pixels, a positive multiple of 32.", show_default="the model's; 640 for a preset")] = None,
+    variant: Variant = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Parameters, GFLOPs and MACs next to the official figures for the same size."""
-    handle_errors(_info)(models, img_size, variant, json_out)
+    from dfine_cli.bench.flops import complexity_of, difference_note
 
-
-def _info(models, img_size, variant, json_out) -> None:
-    from dfine_cli.bench.flops import difference_note, model_complexity
-    from dfine_cli.bench.latency import is_preset_name
-    from dfine_cli.models.presets import preset
-
-    size = img_size_option(img_size)
-    assert size is not None  # the option defaults to 640
-    chosen = variant.value if variant else None
-    results = []
-    for name in models:
-        if is_preset_name(name):
-            cfg = preset(name.lower(), num_classes=80, variant=chosen or "dfine")
-        else:
-            from dfine_cli.checkpoint import read_checkpoint
-
-            cfg = read_checkpoint(name, variant=chosen).info.config
-        results.append((name, model_complexity(cfg, size)))
+    results = complexity_of(models, img_size_option(img_size), variant.value if variant else None)
     if json_out:
         print_json({"command": "bench info", "models": [
             {"model": name, **r.to_dict(), "note": difference_note(r)} for name, r in results]})
@@ -93,33 +96,23 @@ def _info(models, img_size, variant, json_out) -> None:
 
 
 @app.command("latency")
+@handle_errors
 def latency(
-    weights: str = typer.Argument(..., help="Checkpoint, .onnx, .engine, or a preset name (n s m l x; random weights)."),
-    backend: BenchBackend = typer.Option(BenchBackend.torch, help="Inference backend."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    batch_size: int = typer.Option(1, min=1, help="Images per forward pass."),
-    img_size: int = typer.Option(None, "--img-size", help="Network input size; default: the model's."),
-    threads: int = typer.Option(None, min=1, help="CPU threads (torch, ONNX Runtime, OpenVINO)."),
-    warmup: int = typer.Option(10, min=0, help="Untimed iterations first."),
-    iters: int = typer.Option(50, min=1, help="Timed iterations."),
-    fp16: bool = typer.Option(False, "--fp16", help="float16 (torch on CUDA, OpenVINO where supported)."),
-    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 (torch autocast, OpenVINO) on CPUs with bf16."),
-    source_size: str = typer.Option("640x480", help="Size WxH of the synthetic input images."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    weights: Annotated[str, typer.Argument(metavar="WEIGHTS", help="Checkpoint, .onnx, .xml, .engine, or a preset name (n s m l x; random weights).")],
+    backend: Backend = BACKEND_DEFAULT,
+    device: Device = DEVICE_DEFAULT,
+    batch_size: BatchSize = 1,
+    img_size: ImgSize = None,
+    threads: Threads = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed iterations first.")] = 10,
+    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed iterations.")] = 50,
+    fp16: Annotated[bool, typer.Option("--fp16", help="float16 (torch on CUDA, OpenVINO where supported).")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 (torch autocast, OpenVINO) on CPUs with bf16.")] = False,
+    source_size: Annotated[str, typer.Option("--source-size", help="Size WxH of the synthetic input images.")] = "640x480",
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Preprocess, model, postprocess and end-to-end latency (median, p90, min) and throughput."""
-    handle_errors(_latency)(weights, backend, device, batch_size, img_size, threads, warmup,
-                            iters, fp16, bf16, source_size, json_out)
-
-
-def _precision(fp16: bool, bf16: bool) -> str:
-    if fp16 and bf16:
-        raise UsageError("choose one of --fp16 and --bf16")
-    return "fp16" if fp16 else "bf16" if bf16 else "fp32"
-
-
-def _latency(weights, backend, device, batch_size, img_size, threads, warmup, iters, fp16, bf16,
-             source_size, json_out) -> None:
     from dfine_cli.bench.latency import run_latency
 
     precision = _precision(fp16, bf16)
@@ -148,32 +141,26 @@ def _latency(weights, backend, device, batch_size, img_size, threads, warmup, it
 
 
 @app.command("trt")
+@handle_errors
 def trt(
-    engine: Path = typer.Option(..., "--engine", help="TensorRT engine built by 'dfine export --format engine'."),
-    coco_dir: Path = typer.Option(..., "--coco-dir", help="Folder of images, e.g. COCO val2017/."),
-    max_images: int = typer.Option(1000, min=1, help="Images timed (official: 1000)."),
-    warmup: int = typer.Option(1000, min=0, help="Warm-up runs (official: 1000)."),
-    device: str = typer.Option("cuda", help="cuda or cuda:N."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    weights: Annotated[Path, typer.Argument(metavar="ENGINE", help="TensorRT engine built by 'dfine export --format engine'.")],
+    data: Annotated[Path, typer.Option("--data", help="Folder of images, e.g. COCO val2017/.")],
+    max_images: Annotated[int, typer.Option("--max-images", min=1, help="Images timed (official: 1000).")] = 1000,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Warm-up runs (official: 1000).")] = 1000,
+    device: Device = DEVICE_DEFAULT,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Engine latency over COCO val images, as the official trt_benchmark.py measures it."""
-    handle_errors(_trt)(engine, coco_dir, max_images, warmup, device, json_out)
+    from dfine_cli.bench.trt_coco import engine_coco_latency
 
-
-def _trt(engine, coco_dir, max_images, warmup, device, json_out) -> None:
-    from dfine_cli.backends.tensorrt_backend import TensorRTBackend
-    from dfine_cli.bench.trt_coco import coco_latency, list_images
-    from dfine_cli.detector import Detector
-
-    paths = list_images(coco_dir, max_images)
-    detector = Detector(TensorRTBackend(Path(engine), device=device))
-    result = coco_latency(detector, paths, warmup=warmup,
-                          progress=lambda it, desc, total: track(it, desc, total))
+    result = engine_coco_latency(weights, data, max_images=max_images, warmup=warmup,
+                                 device=device, progress=track)
     if json_out:
-        print_json({"command": "bench trt", "engine": str(engine), **result.to_dict()})
+        print_json({"command": "bench trt", "engine": str(weights), **result.to_dict()})
         return
     m, p = result.model, result.preprocess
-    print_table(f"{Path(engine).name} over {result.images} images ({result.description})",
+    print_table(f"{weights.name} over {result.images} images ({result.description})",
                 ["stage", "mean ms", "median ms", "p90 ms", "min ms"],
                 [("engine", f"{m.mean_ms:.3f}", f"{m.median_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.min_ms:.3f}"),
                  ("decode+preprocess", f"{p.mean_ms:.3f}", f"{p.median_ms:.3f}", f"{p.p90_ms:.3f}",
@@ -184,27 +171,26 @@ def _trt(engine, coco_dir, max_images, warmup, device, json_out) -> None:
 
 
 @app.command("compare")
+@handle_errors
 def compare(
-    weights: list[str] = typer.Argument(..., help="Checkpoints, .onnx, .engine or preset names."),
-    run: list[str] = typer.Option([], "--run", help="BACKEND[:PRECISION], e.g. torch, onnxruntime, openvino:bf16, openvino:int8, tensorrt; repeatable (default: torch, onnxruntime, openvino [+bf16] [+int8 with --data])."),
-    data: Path = typer.Option(None, help="Dataset (folder or YAML) to measure mAP on."),
-    split: str = typer.Option("val", help="Split of --data."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    threads: int = typer.Option(None, min=1, help="CPU threads."),
-    batch_size: int = typer.Option(1, min=1, help="Images per forward pass."),
-    img_size: int = typer.Option(None, "--img-size", help="Network input size; default: the model's."),
-    warmup: int = typer.Option(5, min=0, help="Untimed iterations per option."),
-    iters: int = typer.Option(20, min=1, help="Timed iterations per option."),
-    max_images: int = typer.Option(None, min=1, help="Evaluate only the first N images of the split."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    weights: Annotated[list[str], typer.Argument(metavar="WEIGHTS...", help="Checkpoints, .onnx, .xml, .engine or preset names.")],
+    run: Annotated[list[str] | None, typer.Option("--run", help="BACKEND[:PRECISION], e.g. torch, onnxruntime, openvino:bf16, openvino:int8, tensorrt; repeatable.", show_default="torch, onnxruntime, openvino [+bf16] [+int8 with --data]")] = None,
+    data: OptionalData = None,
+    split: Split = "val",
+    device: Device = DEVICE_DEFAULT,
+    threads: Threads = None,
+    batch_size: BatchSize = 1,
+    img_size: ImgSize = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed iterations per option.")] = 5,
+    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed iterations per option.")] = 20,
+    max_images: MaxImages = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Latency of several backends/precisions in one table, next to mAP with --data."""
-    handle_errors(_compare)(weights, run, data, split, device, threads, batch_size, img_size,
-                            warmup, iters, max_images, json_out)
+    """Latency of several backends/precisions in one table, next to mAP with --data.
 
-
-def _compare(weights, run, data, split, device, threads, batch_size, img_size, warmup, iters,
-             max_images, json_out) -> None:
+    AP, AP50 and delta AP are fractions (0..1), as 'dfine eval' prints them.
+    """
     from dfine_cli.bench import compare as cmp
 
     img_size_option(img_size)
@@ -212,8 +198,7 @@ def _compare(weights, run, data, split, device, threads, batch_size, img_size, w
     with tempfile.TemporaryDirectory(prefix="dfine-bench-") as tmp:
         rows = cmp.compare(weights, runs, data=data, split=split, device=device, threads=threads,
                            batch_size=batch_size, img_size=img_size, warmup=warmup, iters=iters,
-                           max_images=max_images, work_dir=Path(tmp),
-                           progress=lambda it, desc, total: track(it, desc, total))
+                           max_images=max_images, work_dir=Path(tmp), progress=track)
     if json_out:
         print_json({"command": "bench compare", "data": str(data) if data else None,
                     "split": split, "rows": [r.to_dict() for r in rows]})

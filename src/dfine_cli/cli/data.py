@@ -11,14 +11,17 @@ from typing import Annotated, Any
 
 import typer
 
-from dfine_cli.cli._common import handle_errors, print_json, print_table, track
+from dfine_cli.cli._common import handle_errors, print_json, print_table, report_saved, track
+from dfine_cli.cli.options import Json, Verbose
 from dfine_cli.errors import EXIT_DATA, DataError, UsageError
 
 app = typer.Typer(no_args_is_help=True)
 
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
-]
+
+@app.callback()
+def group(verbose: Verbose = False) -> None:
+    """-v/--verbose is accepted here too, between the group and its command."""
+
 
 
 def _default_workers() -> int:
@@ -69,14 +72,15 @@ def remap_obj365(
             "--copy-images/--no-copy-images", help="Copy moved images to train/images_from_val/."
         ),
     ] = True,
-    json_output: JsonFlag = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Keep the first N validation images as validation; move the rest into training.
 
     Writes val/new_zhiyuan_objv2_val.json and train/new_zhiyuan_objv2_train.json (official
     rules) and copies the moved images. Safe to interrupt and rerun.
     """
-    from dfine_cli.data.obj365 import remap_obj365 as run
+    from dfine_cli.data.obj365.remap import remap_obj365 as run
 
     summary = run(base_dir, new_val_size=new_val_size, copy_images=copy_images, track=track)
     payload = {**asdict(summary), "peak_rss_mb": _peak_rss_mb()}
@@ -108,14 +112,15 @@ def resize_obj365(
             "--skip-bad", help="Leave failed images (and their boxes) out instead of failing."
         ),
     ] = False,
-    json_output: JsonFlag = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Shrink images longer than --max-size and write new_zhiyuan_objv2_{split}_resized.json.
 
     Originals are never modified; resized copies are saved as *_resized.jpg. Safe to interrupt
     and rerun: finished images are skipped. Exits 3 listing the failed images unless --skip-bad.
     """
-    from dfine_cli.data.obj365 import resize_obj365 as run
+    from dfine_cli.data.obj365.resize import resize_obj365 as run
 
     summaries = run(
         base_dir,
@@ -184,7 +189,12 @@ def convert(
     source_format: Annotated[
         SourceFormat, typer.Option("--from", help="Source annotation format.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="COCO JSON file to write.")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Argument(help="--from yolo with a data.yaml: folder for every split's COCO JSON and a "
+                       "data.yaml that 'dfine train --data' takes as is."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="COCO JSON file to write (one split).")] = None,
     images: Annotated[
         Path | None, typer.Option("--images", help="Image folder (file_name is relative to it).")
     ] = None,
@@ -198,11 +208,22 @@ def convert(
         str | None,
         typer.Option(help="Class names in id order: 'a,b,c' or a file with one name per line."),
     ] = None,
-    json_output: JsonFlag = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Convert YOLO txt or Pascal VOC XML labels to one COCO JSON file (category ids from 1)."""
+    """Convert YOLO txt or Pascal VOC XML labels to COCO JSON (category ids from 1).
+
+    'dfine data convert --from yolo DATA.yaml OUT/' converts every split of an Ultralytics
+    data.yaml in one call; --out FILE.json converts one split.
+    """
     from dfine_cli.data.convert import CONVERTERS, parse_names
 
+    if (out is None) == (out_dir is None):
+        raise UsageError("give either OUT/ (every split of a YOLO data.yaml) or --out FILE.json (one split)")
+    if out_dir is not None:
+        _convert_yolo_dataset(source, out_dir, source_format, (images, split, names), json_output)
+        return
+    assert out is not None
     converter = CONVERTERS[source_format.value]
     kwargs: dict[str, Any] = {"images_dir": images, "names": parse_names(names)}
     if split is not None or source_format is SourceFormat.voc:
@@ -226,6 +247,29 @@ def convert(
     )
 
 
+def _convert_yolo_dataset(source: Path, out_dir: Path, source_format: SourceFormat,
+                          single_split_options: tuple[Any, ...], json_output: bool) -> None:
+    from dfine_cli.data.yolo import convert_yolo_dataset
+
+    if source_format is not SourceFormat.yolo or source.suffix.lower() not in (".yaml", ".yml"):
+        raise UsageError("OUT/ converts the splits of a YOLO data.yaml (--from yolo DATA.yaml OUT/); "
+                         "use --out FILE.json for anything else")
+    if any(v is not None for v in single_split_options):
+        raise UsageError("--images, --split and --names apply to --out FILE.json; a data.yaml names its "
+                         "splits and classes itself")
+    result = convert_yolo_dataset(source, out_dir)
+    if json_output:
+        print_json({"command": "data convert", "dataset_yaml": result.dataset_yaml,
+                    "splits": {k: asdict(v) for k, v in result.splits.items()}})
+    else:
+        print_table(f"convert yolo → COCO ({result.dataset_yaml})",
+                    ["split", "output", "images folder", "images", "boxes", "negative images", "skipped"],
+                    [[split, s.output, s.images_dir, s.images, s.annotations, s.negatives, sum(s.skipped.values())]
+                     for split, s in result.splits.items()])
+    _stderr(f"train on it with: dfine train --data {result.dataset_yaml}")
+    report_saved(out_dir)
+
+
 # --------------------------------------------------------------------------- checks
 
 
@@ -238,26 +282,6 @@ SplitOption = Annotated[
 ImagesOption = Annotated[Path | None, typer.Option(help="Image folder when DATA is a .json file.")]
 
 
-def _splits(data: Path, split: str | None, images: Path | None) -> list[tuple[str, Any]]:
-    """(name, DatasetSplit) pairs for DATA: a folder, a YAML description, or one JSON file."""
-    from dfine_cli.data.cocofile import DatasetSplit, available_splits, resolve_dataset
-
-    if data.suffix.lower() == ".json":
-        if images is None:
-            raise UsageError("--images is required when DATA is an annotation .json file")
-        if not data.is_file():
-            raise DataError(f"annotation file not found: {data}")
-        if not images.is_dir():
-            raise DataError(f"image folder not found: {images}")
-        return [(data.stem, DatasetSplit(images_dir=images, annotations=data))]
-    if images is not None:
-        raise UsageError("--images only applies when DATA is an annotation .json file")
-    names = [split] if split else available_splits(data)
-    if not names:
-        raise DataError(f"no annotations/instances_{{train,val,test}}.json found in {data}")
-    return [(name, resolve_dataset(data, name)) for name in names]
-
-
 @app.command("validate")
 @handle_errors
 def validate(
@@ -268,7 +292,8 @@ def validate(
         bool, typer.Option("--fast", help="Read image headers only (skips decoding).")
     ] = False,
     workers: Annotated[int, typer.Option(help="Processes decoding images.")] = _default_workers(),
-    json_output: JsonFlag = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Check a COCO dataset before training; exit 3 on errors, 0 with warnings only.
 
@@ -276,11 +301,11 @@ def validate(
     duplicate ids, unknown image/category ids, zero-area boxes, boxes outside the image,
     empty categories.
     """
-    from dfine_cli.data.validate import validate_split
+    from dfine_cli.data.validate import dataset_splits, validate_split
 
     reports = [
         (name, validate_split(s, decode=not fast, workers=workers, track=track))
-        for name, s in _splits(data, split, images)
+        for name, s in dataset_splits(data, split, images)
     ]
     ok = all(r.ok for _, r in reports)
     if json_output:
@@ -338,12 +363,13 @@ def stats(
     data: DataArgument,
     split: SplitOption = None,
     images: ImagesOption = None,
-    json_output: JsonFlag = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Images, boxes, boxes per class, image and box size distributions."""
-    from dfine_cli.data.validate import split_stats
+    from dfine_cli.data.validate import dataset_splits, split_stats
 
-    results = [(name, split_stats(s)) for name, s in _splits(data, split, images)]
+    results = [(name, split_stats(s)) for name, s in dataset_splits(data, split, images)]
     if json_output:
         print_json(
             {"command": "data stats", "splits": [{"split": n, **asdict(s)} for n, s in results]}
@@ -395,17 +421,15 @@ def synth(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Write into a non-empty folder.")
     ] = False,
-    json_output: JsonFlag = False,
+    json_output: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Write a small deterministic COCO dataset of coloured shapes (for demos and smoke tests)."""
     from dfine_cli.data.synth import make_synthetic_dataset
 
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out} is not empty; pass --overwrite to write into it")
     summary = make_synthetic_dataset(
-        out, num_images=images, num_classes=classes, seed=seed, img_size=img_size
+        out, num_images=images, num_classes=classes, seed=seed, img_size=img_size,
+        overwrite=overwrite,
     )
     payload = {
         **asdict(summary),

@@ -1,41 +1,37 @@
-"""`dfine demo`: the offline end-to-end run the README starts with."""
+"""``dfine demo``: the offline end-to-end run the README starts with."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from dfine_cli.cli._common import handle_errors, print_json, track
+from dfine_cli.cli._common import handle_errors, print_json, report_saved, track
+from dfine_cli.cli.options import Json, RunFolderOutput, Verbose
+from dfine_cli.demo import MIN_DEMO_IMG_SIZE
 
 
+@handle_errors
 def demo(
-    output: Path = typer.Option(None, help="Output folder [default: runs/demo/exp{N}]."),
-    epochs: int = typer.Option(8, min=1, help="Training epochs."),
-    images: int = typer.Option(120, min=10, help="Synthetic images (80% train, 20% val)."),
-    img_size: int = typer.Option(320, "--img-size", help="Image and network size (multiple of 32, >= 320)."),
-    seed: int = typer.Option(0, help="Seed for the data and the training run."),
-    export: bool = typer.Option(True, "--export/--no-export", help="Export ONNX and evaluate it too."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    output: RunFolderOutput = None,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 8,
+    images: Annotated[int, typer.Option("--images", min=10, help="Synthetic images (80% train, 20% val).")] = 120,
+    img_size: Annotated[int, typer.Option("--img-size", help=f"Image and network side in pixels, a multiple of 32 and at least {MIN_DEMO_IMG_SIZE}.")] = MIN_DEMO_IMG_SIZE,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the data and the training run.")] = 0,
+    export: Annotated[bool, typer.Option("--export/--no-export", help="Export ONNX and evaluate it too.")] = True,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Offline demo: synthesise a dataset, train D-FINE-N on the CPU, evaluate, export, predict.
 
-    No downloads. Takes a few minutes on a laptop-class CPU; writes the dataset, the run
-    (checkpoints, metrics, plot), model.onnx, annotated validation images and metrics.json.
+    No downloads. Writes the dataset, the run (checkpoints, metrics, plot), model.onnx,
+    annotated validation images and metrics.json into the run folder.
     """
-    handle_errors(_demo)(output, epochs, images, img_size, seed, export, json_out)
+    from dfine_cli.demo import demo_in_run_folder
 
-
-def _demo(output, epochs, images, img_size, seed, export, json_out) -> None:
-    from dfine_cli.demo import run_demo
-    from dfine_cli.errors import UsageError
-    from dfine_cli.fileio import run_dir
-
-    if img_size < 320 or img_size % 32:
-        raise UsageError("--img-size must be a multiple of 32 and at least 320")
-    with run_dir("demo", output) as out:  # removed again if the demo fails before writing
-        result = run_demo(out, epochs=epochs, images=images, img_size=img_size, seed=seed,
-                          export=export, progress=lambda it, desc, total: track(it, desc, total))
+    result = demo_in_run_folder(output, epochs=epochs, images=images, img_size=img_size,
+                                seed=seed, export=export, progress=track)
+    out = result.output_dir
     ap = result.metrics["torch"]["stats"]["AP"]
     ap50 = result.metrics["torch"]["stats"]["AP50"]
     summary = {"command": "demo", "output_dir": str(out), "checkpoint": str(result.checkpoint),
@@ -44,10 +40,11 @@ def _demo(output, epochs, images, img_size, seed, export, json_out) -> None:
                "annotated": [str(p) for p in result.annotated[:3]]}
     if json_out:
         print_json(summary)
-        return
-    typer.echo(f"validation mAP50:95 {ap:.3f}, mAP50 {ap50:.3f} (torch)")
-    if result.onnx:
-        typer.echo(f"validation mAP50:95 {summary['onnx_val_AP']:.3f} (ONNX Runtime, {result.onnx})")
-    if result.annotated:
-        typer.echo(f"annotated predictions: {result.annotated[0].parent}")
-    typer.echo(f"metrics: {out / 'metrics.json'}")
+    else:
+        typer.echo(f"validation mAP50:95 {ap:.3f}, mAP50 {ap50:.3f} (torch)")
+        if result.onnx:
+            typer.echo(f"validation mAP50:95 {summary['onnx_val_AP']:.3f} (ONNX Runtime, {result.onnx})")
+        if result.annotated:
+            typer.echo(f"annotated predictions: {result.annotated[0].parent}")
+        typer.echo(f"metrics: {out / 'metrics.json'}")
+    report_saved(out)

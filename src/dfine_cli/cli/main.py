@@ -1,12 +1,14 @@
-"""The ``dfine`` application: one Typer app, sub-commands registered explicitly."""
+"""The ``dfine`` application: one Typer app, every command registered explicitly below."""
 
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
 from dfine_cli import __version__
+from dfine_cli.cli import bench, data, demo, eval, export, info, predict, train, viz, weights
 from dfine_cli.cli._common import install_sigterm_handler, set_verbose
 from dfine_cli.errors import EXIT_TERMINATED, Terminated
 
@@ -27,12 +29,8 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Debug logging and full tracebacks on errors."
-    ),
-    version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
-    ),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks on errors (also accepted after the command).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     """D-FINE / DEIM object detection: train, evaluate, export, benchmark, predict.
 
@@ -44,24 +42,17 @@ def root(
     set_verbose(verbose)
 
 
-def _register() -> None:
-    # One explicit list: every command that appears in --help is finished and tested.
-    from dfine_cli.cli import commands_core
-
-    commands_core.register(app)
-    # -- sub-applications --
-    from dfine_cli.cli.data import app as data_app
-
-    app.add_typer(data_app, name="data", help="Prepare, convert, check and describe datasets.")
-    from dfine_cli.cli.bench import app as bench_app
-
-    app.add_typer(bench_app, name="bench", help="Measure model size, compute, latency and accuracy.")
-    from dfine_cli.cli.viz import app as viz_app
-
-    app.add_typer(viz_app, name="viz", help="Look at a model's results: HTML report, FiftyOne.")
-
-
-_register()
+# One explicit list: every command that appears in --help is finished and tested.
+app.command("predict")(predict.predict)
+app.command("export")(export.export)
+app.command("info")(info.info)
+app.command("train")(train.train)
+app.command("eval")(eval.evaluate)
+app.command("demo")(demo.demo)
+app.add_typer(weights.app, name="weights")
+app.add_typer(data.app, name="data", help="Prepare, convert, check and describe datasets.")
+app.add_typer(bench.app, name="bench", help="Measure model size, compute, latency and accuracy.")
+app.add_typer(viz.app, name="viz", help="Look at a model's results: HTML report, FiftyOne.")
 
 
 def main() -> None:

@@ -3,67 +3,77 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from dfine_cli.cli._common import handle_errors, print_json, track
-from dfine_cli.cli.commands_core import BackendChoice
-from dfine_cli.errors import UsageError
-from dfine_cli.fileio import check_output_file
+from dfine_cli.cli._common import handle_errors, img_size_option, print_json, track
+from dfine_cli.cli.options import (
+    BACKEND_DEFAULT,
+    CONF_DEFAULT,
+    DEVICE_DEFAULT,
+    Backend,
+    BackendChoice,
+    BatchSize,
+    Conf,
+    Data,
+    Device,
+    ImgSize,
+    Json,
+    MaxImages,
+    Split,
+    Threads,
+    Variant,
+    Verbose,
+    WeightsPath,
+    output_option,
+)
+from dfine_cli.detector_options import DetectorOptions
 
 app = typer.Typer(no_args_is_help=True, help="Look at a model's results on a dataset.")
 
 
-def _predict(data, weights, split, backend, device, threads, batch_size, max_images):
-    from dfine_cli.bench.accuracy import evaluate_predictions, open_split, predict_split
-    from dfine_cli.detector import Detector
+@app.callback()
+def group(verbose: Verbose = False) -> None:
+    """-v/--verbose is accepted here too, between the group and its command."""
 
-    if threads:
-        import torch
 
-        torch.set_num_threads(threads)
-    dataset = open_split(data, split)
-    detector = Detector.load(weights, backend=backend.value, device=device, threads=threads)
-    predictions = predict_split(detector, dataset, batch_size=batch_size, limit=max_images,
-                                progress=lambda it, desc, total: track(it, desc, total))
-    return dataset, predictions, evaluate_predictions(predictions, dataset)
+def _options(backend: BackendChoice, device: str, threads: int | None, variant: object,
+             img_size: int | None) -> DetectorOptions:
+    return DetectorOptions(backend=backend.value, device=device, threads=threads,
+                           variant=getattr(variant, "value", None), img_size=img_size_option(img_size))
 
 
 @app.command("report")
+@handle_errors
 def report(
-    data: Path = typer.Argument(..., help="Dataset folder or YAML (COCO layout)."),
-    weights: Path = typer.Option(..., "--weights", "-w", help="Checkpoint, .onnx or .engine."),
-    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML file to write."),
-    split: str = typer.Option("val", help="Split to evaluate."),
-    conf: float = typer.Option(0.25, min=0.0, max=1.0, help="Score threshold for errors, confusion matrix and gallery."),
-    iou: float = typer.Option(0.5, min=0.05, max=0.95, help="IoU that makes a detection correct."),
-    gallery: int = typer.Option(12, min=0, help="Images with the most errors to show."),
-    backend: BackendChoice = typer.Option(BackendChoice.auto, help="Inference backend; auto by file type."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    threads: int = typer.Option(None, min=1, help="CPU threads."),
-    batch_size: int = typer.Option(1, min=1, help="Images per forward pass."),
-    max_images: int = typer.Option(None, min=1, help="Only the first N images of the split."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    weights: WeightsPath,
+    data: Data,
+    output: Annotated[Path, output_option("HTML file to write", "report.html")] = Path("report.html"),
+    split: Split = "val",
+    conf: Conf = CONF_DEFAULT,
+    iou: Annotated[float, typer.Option("--iou", min=0.05, max=0.95, help="IoU that makes a detection correct.")] = 0.5,
+    gallery: Annotated[int, typer.Option("--gallery", min=0, help="Images with the most errors to show.")] = 12,
+    backend: Backend = BACKEND_DEFAULT,
+    device: Device = DEVICE_DEFAULT,
+    threads: Threads = None,
+    batch_size: BatchSize = 1,
+    img_size: ImgSize = None,
+    variant: Variant = None,
+    max_images: MaxImages = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
-    """One self-contained HTML file: AP table, PR curves, confusion matrix, worst images."""
-    handle_errors(_report)(data, weights, output, split, conf, iou, gallery, backend, device,
-                           threads, batch_size, max_images, json_out)
+    """One self-contained HTML file: AP table, PR curves, confusion matrix, worst images.
 
+    AP is measured on every detection; --conf sets what the error counts, the confusion
+    matrix and the gallery count as detected.
+    """
+    from dfine_cli.viz.run import report as write_report
 
-def _report(data, weights, output, split, conf, iou, gallery, backend, device, threads,
-            batch_size, max_images, json_out) -> None:
-    from dfine_cli.viz.report import write_report
-
-    if Path(output).suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"--output must be an .html file, got {output}")
-    check_output_file(output)
-    dataset, predictions, result = _predict(data, weights, split, backend, device, threads,
-                                            batch_size, max_images)
-    summary = write_report(
-        output, predictions, dataset.class_names, result,
-        title=f"{Path(weights).name} on {Path(data).name} ({split})",
-        subtitle=f"Weights {weights}, dataset {data}.", conf=conf, iou=iou, gallery=gallery,
-    )
+    summary = write_report(weights, data, output, split=split, conf=conf, iou=iou, gallery=gallery,
+                           options=_options(backend, device, threads, variant, img_size),
+                           batch_size=batch_size, max_images=max_images, progress=track)
     if json_out:
         print_json({"command": "viz report", **summary.to_dict()})
         return
@@ -72,34 +82,35 @@ def _report(data, weights, output, split, conf, iou, gallery, backend, device, t
 
 
 @app.command("fiftyone")
+@handle_errors
 def fiftyone(
-    data: Path = typer.Argument(..., help="Dataset folder or YAML (COCO layout)."),
-    weights: Path = typer.Option(..., "--weights", "-w", help="Checkpoint, .onnx or .engine."),
-    split: str = typer.Option("val", help="Split to load."),
-    name: str = typer.Option(None, help="FiftyOne dataset name; default dfine-<weights>-<split> (replaced if it exists)."),
-    launch: bool = typer.Option(False, "--launch/--no-launch", help="Open the FiftyOne App afterwards (blocks until closed)."),
-    conf: float = typer.Option(0.0, min=0.0, max=1.0, help="Minimum score of the predictions stored."),
-    backend: BackendChoice = typer.Option(BackendChoice.auto, help="Inference backend; auto by file type."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    threads: int = typer.Option(None, min=1, help="CPU threads."),
-    batch_size: int = typer.Option(1, min=1, help="Images per forward pass."),
-    max_images: int = typer.Option(None, min=1, help="Only the first N images of the split."),
-    json_out: bool = typer.Option(False, "--json", help="Print the dataset name and counts as JSON."),
+    weights: WeightsPath,
+    data: Data,
+    split: Split = "val",
+    name: Annotated[str | None, typer.Option("--name", help="FiftyOne dataset name (replaced if it exists).", show_default="dfine-<weights>-<split>")] = None,
+    launch: Annotated[bool, typer.Option("--launch/--no-launch", help="Open the FiftyOne App afterwards (blocks until closed).")] = False,
+    conf: Conf = CONF_DEFAULT,
+    backend: Backend = BACKEND_DEFAULT,
+    device: Device = DEVICE_DEFAULT,
+    threads: Threads = None,
+    batch_size: BatchSize = 1,
+    img_size: ImgSize = None,
+    variant: Variant = None,
+    max_images: MaxImages = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Ground truth and predictions as a FiftyOne dataset, evaluated per sample (eval_fp...)."""
-    handle_errors(_fiftyone)(data, weights, split, name, launch, conf, backend, device, threads,
-                             batch_size, max_images, json_out)
+    """Ground truth and predictions as a FiftyOne dataset, evaluated per sample (eval_fp...).
 
-
-def _fiftyone(data, weights, split, name, launch, conf, backend, device, threads, batch_size,
-              max_images, json_out) -> None:
+    Only predictions with score >= --conf are stored, and FiftyOne's mAP counts only those:
+    --conf 0 stores every detection for the COCO-comparable figure.
+    """
     from dfine_cli.viz import fiftyone_export as fox
+    from dfine_cli.viz.run import to_fiftyone
 
-    fox.require_fiftyone()  # fail before predicting when FiftyOne is missing
-    dataset, predictions, _ = _predict(data, weights, split, backend, device, threads,
-                                       batch_size, max_images)
-    records = fox.to_sample_records(predictions, dataset.class_names, conf=conf)
-    created = fox.create_fiftyone_dataset(records, name or f"dfine-{Path(weights).stem}-{split}")
+    created = to_fiftyone(weights, data, split=split, name=name, conf=conf,
+                          options=_options(backend, device, threads, variant, img_size),
+                          batch_size=batch_size, max_images=max_images, progress=track)
     if json_out:
         print_json({"command": "viz fiftyone", "dataset": created["name"],
                     "samples": created["samples"], "mAP": created["mAP"]})

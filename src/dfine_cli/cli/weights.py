@@ -1,20 +1,27 @@
-"""`dfine weights list` and `dfine weights download`: the official weights by name."""
+"""``dfine weights list|download|convert``: the official weights by name, and our format."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from dfine_cli.cli._common import handle_errors, print_json, print_table
+from dfine_cli.cli._common import handle_errors, img_size_option, print_json, print_table
+from dfine_cli.cli.options import ImgSize, Json, Variant, Verbose
+
+app = typer.Typer(no_args_is_help=True, help="Official weights by name; convert checkpoints between formats.")
 
 
-def weights_list(
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
+@app.callback()
+def group(verbose: Verbose = False) -> None:
+    """-v/--verbose is accepted here too, between the group and its command."""
+
+
+@app.command("list")
+@handle_errors
+def weights_list(json_out: Json = False, verbose: Verbose = False) -> None:
     """Show the official weights dfine knows by name, their official AP and cache state."""
-    handle_errors(_list)(json_out)
-
-
-def _list(json_out: bool) -> None:
     from dfine_cli.hub.listing import list_weights
     from dfine_cli.hub.registry import base_url, dfine_home
 
@@ -32,15 +39,14 @@ def _list(json_out: bool) -> None:
     )
 
 
+@app.command("download")
+@handle_errors
 def weights_download(
-    names: list[str] = typer.Argument(..., help="Names from 'dfine weights list'."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Names from 'dfine weights list'.")],
+    json_out: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Download official weights into the cache ($DFINE_HOME, default ~/.cache/dfine)."""
-    handle_errors(_download)(names, json_out)
-
-
-def _download(names: list[str], json_out: bool) -> None:
     from dfine_cli.hub.listing import download_weights
 
     rows = download_weights(names)
@@ -51,7 +57,25 @@ def _download(names: list[str], json_out: bool) -> None:
         typer.echo(f"{row.entry.name}\t{row.path}")
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``list`` and ``download`` to the ``weights`` group."""
-    app.command("list")(weights_list)
-    app.command("download")(weights_download)
+@app.command("convert")
+@handle_errors
+def weights_convert(
+    weights: Annotated[Path, typer.Argument(metavar="WEIGHTS", help="Official D-FINE/DEIM .pth, transformers folder/.safetensors, or ours.")],
+    dst: Annotated[Path, typer.Argument(metavar="DST", help="Output checkpoint (our format).")],
+    variant: Variant = None,
+    names: Annotated[str | None, typer.Option("--names", help="Class names to record: 'a,b,c', a text file (one per line), or a YAML/JSON list or map.", show_default="the source's")] = None,
+    img_size: ImgSize = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write our checkpoint format from any supported checkpoint."""
+    from dfine_cli.checkpoint_convert import convert_checkpoint
+
+    info = convert_checkpoint(weights, dst, variant=variant.value if variant else None,
+                              names=names, img_size=img_size_option(img_size))
+    if json_out:
+        print_json({"command": "weights convert", "src": str(weights), "dst": str(dst),
+                    "source_format": info.source_format, "size": info.config.name,
+                    "variant": info.variant, "num_classes": info.num_classes})
+    else:
+        typer.echo(str(dst))

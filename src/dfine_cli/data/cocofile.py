@@ -20,6 +20,9 @@ or a YAML file (paths relative to the YAML file's folder)::
     train: {images: images/train, annotations: annotations/instances_train.json}
     val:   {images: images/val,   annotations: annotations/instances_val.json}
     names: [square, circle]        # optional, class names in category-id order
+
+or an Ultralytics ``data.yaml`` with YOLO txt labels (:mod:`dfine_cli.data.yolo`, which
+converts each split once into a cached COCO file).
 """
 
 from __future__ import annotations
@@ -346,6 +349,10 @@ def _is_yaml(path: Path) -> bool:
 
 
 def _resolve_yaml(path: Path, split: str) -> DatasetSplit:
+    from dfine_cli.data import yolo
+
+    if yolo.is_data_yaml(path):  # an Ultralytics data.yaml: its YOLO labels, converted once
+        return yolo.cached_split(path, split)
     spec = _load_yaml_spec(path)
     if split not in spec:
         raise DataError(f"{path}: no '{split}' entry")
@@ -397,6 +404,10 @@ def available_splits(data: str | Path) -> list[str]:
     if not path.exists():
         raise DataError(f"dataset not found: {path}")
     if _is_yaml(path):
+        from dfine_cli.data import yolo
+
+        if yolo.is_data_yaml(path):
+            return list(yolo.read_data_yaml(path).splits)
         spec = _load_yaml_spec(path)
         return [split for split in SPLITS if split in spec]
     if not path.is_dir():

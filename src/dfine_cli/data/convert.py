@@ -152,6 +152,7 @@ def _write_coco(
     names: Sequence[str],
     source_format: str,
     report: _Report,
+    info: dict[str, Any] | None = None,
 ) -> ConvertSummary:
     if not images:
         reasons = "; ".join(f"{r}: {n}" for r, n in report.skipped.items()) or "no images found"
@@ -180,7 +181,7 @@ def _write_coco(
                 }
             )
     coco = {
-        "info": {"description": f"converted from {source_format} by dfine"},
+        "info": {"description": f"converted from {source_format} by dfine", **(info or {})},
         "licenses": [],
         "images": coco_images,
         "annotations": coco_annotations,
@@ -375,30 +376,54 @@ def convert_yolo(
             f"no class names for {source}: add data.yaml or classes.txt, or pass --names"
         )
     report = _Report()
-    images: list[_Image] = []
-    labels_used: set[Path] = set()
-    for folder in folders:
-        for path in _image_files(folder):
-            labels_used.add(yolo_label_path(path).absolute())
-            try:
-                path.relative_to(base)
-            except ValueError:
-                report.skip("image outside the image folder", str(path))
-                continue
-            size = _image_size(path, exif_upright=True, report=report)
-            if size is None:
-                continue
-            width, height = size
-            label = yolo_label_path(path)
-            if label.is_file():
-                boxes = _yolo_boxes(label, width, height, len(class_names), report)
-            else:
-                boxes = []
-                report.notes["image without a label file (kept as a negative)"] += 1
-            images.append(_Image(path, boxes, width, height))
+    paths = [path for folder in folders for path in _image_files(folder)]
+    images = _read_yolo_images(paths, base, class_names, report)
+    labels_used = {yolo_label_path(path).absolute() for path in paths}
     for label in _orphan_labels(folders, labels_used):
         report.skip("label file without an image", str(label))
     return _write_coco(output, images, base, class_names, "YOLO", report)
+
+
+def convert_yolo_images(
+    paths: Sequence[Path],
+    images_dir: Path,
+    names: Sequence[str],
+    output: str | Path,
+    info: dict[str, Any] | None = None,
+) -> ConvertSummary:
+    """The YOLO labels of these image files → COCO JSON (``file_name`` relative to ``images_dir``).
+
+    Each image's label file is found by :func:`yolo_label_path`; ``info`` is merged into the
+    file's ``info`` member. Used for the splits of a ``data.yaml`` (:mod:`dfine_cli.data.yolo`),
+    whose entries may be image lists rather than folders.
+    """
+    report = _Report()
+    images = _read_yolo_images(paths, images_dir, list(names), report)
+    return _write_coco(Path(output), images, images_dir, list(names), "YOLO", report, info)
+
+
+def _read_yolo_images(paths: Iterable[Path], base: Path, class_names: Sequence[str],
+                      report: _Report) -> list[_Image]:
+    """Size and boxes of every image (skips, with a reason, what cannot be read)."""
+    images: list[_Image] = []
+    for path in paths:
+        try:
+            path.relative_to(base)
+        except ValueError:
+            report.skip("image outside the image folder", str(path))
+            continue
+        size = _image_size(path, exif_upright=True, report=report)
+        if size is None:
+            continue
+        width, height = size
+        label = yolo_label_path(path)
+        if label.is_file():
+            boxes = _yolo_boxes(label, width, height, len(class_names), report)
+        else:
+            boxes = []
+            report.notes["image without a label file (kept as a negative)"] += 1
+        images.append(_Image(path, boxes, width, height))
+    return images
 
 
 def _label_folder(images_folder: Path) -> Path | None:

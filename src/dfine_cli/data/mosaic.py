@@ -31,6 +31,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from dfine_cli.data.fast_augment import NearestAffine
 from dfine_cli.errors import UsageError
 
 Target = dict[str, Any]
@@ -93,7 +94,7 @@ class Mosaic:
     def __init__(self, config: MosaicConfig) -> None:
         self.config = config
         self._resize = v2.Resize(size=config.output_size, max_size=config.max_size)
-        self._affine = v2.RandomAffine(
+        self._affine = NearestAffine(  # v2.RandomAffine, image warped by OpenCV
             degrees=config.rotation_range,
             translate=list(config.translation_range),
             scale=list(config.scaling_range),
@@ -168,9 +169,10 @@ def _paste_grid(
     max_h = max(int(img.shape[-2]) for img, _ in samples)
     max_w = max(int(img.shape[-1]) for img, _ in samples)
     first_image = samples[0][0]
+    # channels-last memory ([H, W, C] seen as [C, H, W]): the affine warps it without a copy
     canvas = torch.full(
-        (first_image.shape[0], 2 * max_h, 2 * max_w), fill_value, dtype=first_image.dtype
-    )
+        (2 * max_h, 2 * max_w, first_image.shape[0]), fill_value, dtype=first_image.dtype
+    ).permute(2, 0, 1)
     all_boxes, all_labels = [], []
     for (img, tgt), (off_x, off_y) in zip(
         samples, [(0, 0), (max_w, 0), (0, max_h), (max_w, max_h)], strict=True

@@ -152,20 +152,27 @@ def make_synthetic_dataset(
     num_classes: int = 3,
     seed: int = 0,
     img_size: int = 320,
+    *,
+    overwrite: bool = True,
 ) -> SynthSummary:
     """Write the dataset under ``out`` and return what was written.
 
     The first ``num_images - round(0.2 * num_images)`` images are the training split, the rest
     the validation split; about 10% of the images have no object. Files that already exist with
     these names are replaced; nothing else under ``out`` is touched. Category ids start at 1.
+    ``overwrite=False`` refuses a folder that already holds files (a usage error).
     """
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{out} exists and is not a folder")
+    if not overwrite and root.is_dir() and any(root.iterdir()):
+        raise UsageError(f"{out} is not empty; pass --overwrite to write into it")
     if not 1 <= num_classes <= len(SHAPE_KINDS):
         raise UsageError(f"--classes must be between 1 and {len(SHAPE_KINDS)}, got {num_classes}")
     if num_images < 2:
         raise UsageError(f"--images must be at least 2 (one per split), got {num_images}")
     if img_size < 64:
         raise UsageError(f"--img-size must be at least 64, got {img_size}")
-    root = Path(out)
     num_val = max(1, round(VAL_FRACTION * num_images))
     splits = {
         "train": range(0, num_images - num_val),

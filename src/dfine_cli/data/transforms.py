@@ -32,7 +32,6 @@ generator is used (seeded per worker by the DataLoader).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,8 +44,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from dfine_cli.data.fast_augment import IoUCrop, PhotometricDistort
 from dfine_cli.data.mosaic import Mosaic, MosaicConfig, SampleSource
 from dfine_cli.errors import UsageError
+from dfine_cli.image_size import DEFAULT_IMG_SIZE, IMG_SIZE_RULE, is_valid_side
 
 Target = dict[str, Any]
 
@@ -58,8 +59,6 @@ HORIZONTAL_FLIP = "RandomHorizontalFlip"
 #: Ops a policy may switch off (the official transform class names).
 POLICY_OPS: tuple[str, ...] = (MOSAIC, PHOTOMETRIC_DISTORT, ZOOM_OUT, IOU_CROP, HORIZONTAL_FLIP)
 
-RECIPES: tuple[str, ...] = ("dfine", "deim")
-SIZES: tuple[str, ...] = ("n", "s", "m", "l", "x")
 
 
 # --------------------------------------------------------------------------- config
@@ -67,7 +66,7 @@ SIZES: tuple[str, ...] = ("n", "s", "m", "l", "x")
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Data-augmentation recipe. Build one with :func:`augment_preset`.
+    """Data-augmentation settings of a training recipe (:mod:`dfine_cli.engine.recipes` builds them).
 
     Attributes:
         img_size: square training/evaluation input size in pixels.
@@ -82,7 +81,7 @@ class AugmentConfig:
         multiscale_stop_epoch: first epoch without multi-scale batches.
     """
 
-    img_size: int = 640
+    img_size: int = DEFAULT_IMG_SIZE
     policy_epochs: tuple[int, ...] = (72,)
     policy_ops: tuple[str, ...] = (PHOTOMETRIC_DISTORT, ZOOM_OUT, IOU_CROP)
     photometric_p: float = 0.5
@@ -96,13 +95,13 @@ class AugmentConfig:
     mosaic_prob: float = 0.0
     mixup_prob: float = 0.0
     mixup_epochs: tuple[int, int] = (0, 0)
-    base_size: int = 640
+    base_size: int = DEFAULT_IMG_SIZE
     base_size_repeat: int | None = 3
     multiscale_stop_epoch: int = 72
 
     def __post_init__(self) -> None:
-        if self.img_size < 32 or self.img_size % 32:
-            raise UsageError(f"img_size must be a positive multiple of 32, got {self.img_size}")
+        if not is_valid_side(self.img_size):
+            raise UsageError(f"img_size must be {IMG_SIZE_RULE}, got {self.img_size}")
         if len(self.policy_epochs) not in (1, 3) or list(self.policy_epochs) != sorted(
             self.policy_epochs
         ):
@@ -131,77 +130,6 @@ class AugmentConfig:
             raise UsageError(f"base_size_repeat must be >= 0 or None, got {self.base_size_repeat}")
         if self.mosaic_prob > 0 and self.mosaic is None:
             raise UsageError("mosaic_prob > 0 needs a mosaic configuration")
-
-
-@dataclass(frozen=True)
-class _SizeSchedule:
-    policy_epochs: tuple[int, ...]
-    multiscale_stop_epoch: int
-    base_size_repeat: int | None
-    mixup_epochs: tuple[int, int] = (0, 0)
-
-
-# Values of the official COCO configs: D-FINE `configs/dfine/dfine_hgnetv2_{size}_coco.yml`
-# (on top of `include/dataloader.yml`), DEIM `configs/deim_dfine/deim_hgnetv2_{size}_coco.yml`
-# (on top of `base/deim.yml`; base_size_repeat inherited from the D-FINE size config).
-_SCHEDULES: dict[tuple[str, str], _SizeSchedule] = {
-    ("dfine", "n"): _SizeSchedule((148,), 148, None),
-    ("dfine", "s"): _SizeSchedule((120,), 120, 20),
-    ("dfine", "m"): _SizeSchedule((120,), 120, 6),
-    ("dfine", "l"): _SizeSchedule((72,), 72, 4),
-    ("dfine", "x"): _SizeSchedule((72,), 72, 3),
-    ("deim", "n"): _SizeSchedule((4, 78, 148), 148, None, (4, 78)),
-    ("deim", "s"): _SizeSchedule((4, 64, 120), 120, 20, (4, 64)),
-    ("deim", "m"): _SizeSchedule((4, 49, 90), 90, 6, (4, 49)),
-    ("deim", "l"): _SizeSchedule((4, 29, 50), 50, 4, (4, 29)),
-    ("deim", "x"): _SizeSchedule((4, 29, 50), 50, 3, (4, 29)),
-}
-
-# DEIM `configs/base/deim.yml`.
-DEIM_MOSAIC = MosaicConfig(
-    output_size=320,
-    rotation_range=10.0,
-    translation_range=(0.1, 0.1),
-    scaling_range=(0.5, 1.5),
-    probability=1.0,
-    fill_value=0,
-    use_cache=False,
-    max_cached_images=50,
-    random_pop=True,
-)
-
-
-def augment_preset(
-    recipe: str, size: str, *, img_size: int = 640, **overrides: Any
-) -> AugmentConfig:
-    """The official COCO augmentation recipe of ``recipe`` (``dfine``/``deim``) and model size.
-
-    ``img_size`` also sets the multi-scale ``base_size``. Any :class:`AugmentConfig` field can
-    be overridden by keyword, e.g. ``augment_preset("deim", "s", mixup_prob=0.3)``.
-    """
-    if (recipe, size) not in _SCHEDULES:
-        raise UsageError(f"no augmentation preset for recipe {recipe!r}, size {size!r}")
-    schedule = _SCHEDULES[(recipe, size)]
-    values: dict[str, Any] = {
-        "img_size": img_size,
-        "policy_epochs": schedule.policy_epochs,
-        "multiscale_stop_epoch": schedule.multiscale_stop_epoch,
-        "base_size": img_size,
-        "base_size_repeat": schedule.base_size_repeat,
-    }
-    if recipe == "deim":
-        values.update(
-            policy_ops=(MOSAIC, PHOTOMETRIC_DISTORT, ZOOM_OUT, IOU_CROP),
-            mosaic=DEIM_MOSAIC,
-            mosaic_prob=0.5,
-            mixup_prob=0.5,
-            mixup_epochs=schedule.mixup_epochs,
-        )
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(AugmentConfig)})
-    if unknown:
-        raise UsageError(f"unknown augmentation settings: {unknown}")
-    values.update(overrides)
-    return AugmentConfig(**values)
 
 
 def generate_scales(base_size: int, base_size_repeat: int) -> list[int]:
@@ -379,7 +307,7 @@ def _finalize(image: tv_tensors.Image, target: Target) -> tuple[torch.Tensor, Ta
 class EvalTransforms(DetectionPipeline):
     """Evaluation: ``Resize(img_size²)`` and conversion, no augmentation."""
 
-    def __init__(self, img_size: int = 640) -> None:
+    def __init__(self, img_size: int = DEFAULT_IMG_SIZE) -> None:
         self.img_size = img_size
         self._resize = v2.Resize((img_size, img_size))
 
@@ -394,7 +322,7 @@ class TrainTransforms(DetectionPipeline):
     """The recipe's per-sample training pipeline (module docstring), policy-switched by epoch.
 
     Args:
-        config: the recipe, see :func:`augment_preset`.
+        config: the recipe's augmentation, see :attr:`dfine_cli.engine.recipes.Recipe.augment`.
         seed: makes every sample's augmentation a function of ``(seed, epoch, idx)``.
     """
 
@@ -402,11 +330,11 @@ class TrainTransforms(DetectionPipeline):
         self.config = config
         self.seed = seed
         self.mosaic = Mosaic(config.mosaic) if config.mosaic is not None else None
-        self._photometric = v2.RandomPhotometricDistort(p=config.photometric_p)
+        self._photometric = PhotometricDistort(p=config.photometric_p)
         self._zoom_out = v2.RandomZoomOut(
             fill=config.zoom_out_fill, side_range=config.zoom_out_side_range, p=config.zoom_out_p
         )
-        self._iou_crop = v2.RandomApply([v2.RandomIoUCrop()], p=config.iou_crop_p)
+        self._iou_crop = v2.RandomApply([IoUCrop()], p=config.iou_crop_p)
         self._sanitize = v2.SanitizeBoundingBoxes(min_size=config.min_box_size)
         self._flip = v2.RandomHorizontalFlip(p=config.flip_p)
         self._resize = v2.Resize((config.img_size, config.img_size))

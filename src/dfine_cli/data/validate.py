@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any, NamedTuple
 
 from dfine_cli.data.cocofile import DatasetSplit, load_json
 from dfine_cli.errors import DataError
+from dfine_cli.progress import Progress, no_progress
 
-Tracker = Callable[..., Iterable[Any]]
 ERROR, WARNING = "error", "warning"
 
 CHECKS: dict[str, tuple[str, str]] = {
@@ -153,11 +152,7 @@ def _probe_header(path: str) -> ImageProbe:
     return probe_image(path, decode=False)
 
 
-def _no_progress(items: Iterable[Any], description: str, total: int | None = None) -> Iterable[Any]:
-    return items
-
-
-def _probe_all(paths: list[str], decode: bool, workers: int, track: Tracker) -> list[ImageProbe]:
+def _probe_all(paths: list[str], decode: bool, workers: int, track: Progress) -> list[ImageProbe]:
     probe = _probe_decoded if decode else _probe_header
     if workers <= 1 or len(paths) < 64:
         return list(track(map(probe, paths), "check images", total=len(paths)))
@@ -193,7 +188,7 @@ def validate_coco(
     names: tuple[str, ...] | None = None,
     decode: bool = True,
     workers: int = 1,
-    track: Tracker = _no_progress,
+    track: Progress = no_progress,
 ) -> ValidationReport:
     """Run every check on a loaded COCO dict whose images live under ``images_dir``.
 
@@ -332,7 +327,7 @@ def validate_coco(
 
 
 def validate_split(
-    split: DatasetSplit, *, decode: bool = True, workers: int = 1, track: Tracker = _no_progress
+    split: DatasetSplit, *, decode: bool = True, workers: int = 1, track: Progress = no_progress
 ) -> ValidationReport:
     """Load ``split``'s annotation file (a :class:`DataError` if unreadable) and check it."""
     data = _load_split(split.annotations)
@@ -371,7 +366,7 @@ def check_before_training(
     *,
     decode: bool = True,
     workers: int = 1,
-    track: Tracker = _no_progress,
+    track: Progress = no_progress,
 ) -> list[str]:
     """The check ``dfine train`` runs on every split before its first step.
 
@@ -491,3 +486,31 @@ def coco_stats(data: dict[str, Any]) -> DatasetStats:
 
 def split_stats(split: DatasetSplit) -> DatasetStats:
     return coco_stats(_load_split(split.annotations))
+
+
+def dataset_splits(
+    data: str | Path, split: str | None = None, images: str | Path | None = None
+) -> list[tuple[str, DatasetSplit]]:
+    """The (name, split) pairs ``dfine data validate/stats`` check in ``data``.
+
+    ``data`` is a dataset folder or YAML (every split found, or only ``split``), or one COCO
+    annotation ``.json`` whose images are in the folder ``images`` (named after the file).
+    """
+    from dfine_cli.data.cocofile import available_splits, resolve_dataset
+    from dfine_cli.errors import UsageError
+
+    data = Path(data)
+    if data.suffix.lower() == ".json":
+        if images is None:
+            raise UsageError("--images is required when DATA is an annotation .json file")
+        if not data.is_file():
+            raise DataError(f"annotation file not found: {data}")
+        if not Path(images).is_dir():
+            raise DataError(f"image folder not found: {images}")
+        return [(data.stem, DatasetSplit(images_dir=Path(images), annotations=data))]
+    if images is not None:
+        raise UsageError("--images only applies when DATA is an annotation .json file")
+    names = [split] if split else available_splits(data)
+    if not names:
+        raise DataError(f"no annotations/instances_{{train,val,test}}.json found in {data}")
+    return [(name, resolve_dataset(data, name)) for name in names]

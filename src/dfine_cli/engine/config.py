@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from dfine_cli.devices import DEVICE_HELP, is_device_name
 from dfine_cli.engine.stages import STAGE2_MODES
 from dfine_cli.errors import UsageError
+from dfine_cli.image_size import DEFAULT_IMG_SIZE, IMG_SIZE_RULE, is_valid_side
 
 
 @dataclass
@@ -30,7 +31,7 @@ class TrainConfig:
     recipe: str = "dfine"
     epochs: int | None = None  # default: the recipe's
     batch_size: int = 4  # total across processes
-    img_size: int = 640
+    img_size: int = DEFAULT_IMG_SIZE
     lr_scale: float = 1.0
     workers: int = 2
     device: str = "auto"
@@ -63,6 +64,8 @@ class TrainConfig:
     val_split: str = "val"
     check_images: str = "decode"  # before training: decode every image, or read headers only
     stage2: str = "best"  # two-stage policy: reload the best stage-1 state (engine/stages.py)
+    tensorboard: bool = False  # also log scalars to <run>/tensorboard (needs the tensorboard extra)
+    compile: bool = False  # run the model through torch.compile (dfine_cli/torch_compile.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,6 +135,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UsageError(str(exc)) from None
     if not isinstance(data, dict):
         raise UsageError(f"{path} must be a mapping of training settings")
+    from dfine_cli.engine.official_config import is_official_config, official_config_hint
+
+    if is_official_config(data, _FIELDS):
+        raise UsageError(official_config_hint(data, path))
     return data
 
 
@@ -156,7 +163,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "check_images": ("decode", "header"),
     "stage2": STAGE2_MODES,
 }
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -196,10 +202,10 @@ def _rules(cfg: TrainConfig) -> list[tuple[str, bool, str]]:
         ("recipe", cfg.recipe in VARIANTS, f"one of {', '.join(VARIANTS)}"),
         ("epochs", optional_min(cfg.epochs, 1), "an integer >= 1"),
         ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
-        ("img_size", cfg.img_size >= 32 and cfg.img_size % 32 == 0, "a positive multiple of 32 (32, 64, 96, ..., 640, ...)"),
+        ("img_size", is_valid_side(cfg.img_size), IMG_SIZE_RULE),
         ("lr_scale", math.isfinite(cfg.lr_scale) and cfg.lr_scale > 0, "a finite number > 0"),
         ("workers", cfg.workers >= 0, "an integer >= 0"),
-        ("device", bool(_DEVICE.fullmatch(cfg.device)), "auto, cpu, mps, cuda or cuda:N"),
+        ("device", is_device_name(cfg.device), DEVICE_HELP),
         ("ema_decay", math.isfinite(cfg.ema_decay) and 0 <= cfg.ema_decay < 1, "a number in [0, 1)"),
         ("ema_warmups", cfg.ema_warmups >= 0, "an integer >= 0"),
         ("tune_variant", cfg.tune_variant is None or cfg.tune_variant in VARIANTS,
@@ -237,6 +243,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise UsageError(f"invalid setting {key}={value!r}: must be {_type_name(hint)}")
     if not cfg.data and not cfg.resume:
         raise UsageError("--data is required")
+    if cfg.tensorboard:  # before anything runs: exit 6 naming the extra when it is missing
+        from dfine_cli.engine.tensorboard_log import require_tensorboard
+
+        require_tensorboard()
+    if cfg.compile and cfg.device in ("auto", "cpu"):  # exit 6 before anything runs
+        from dfine_cli.torch_compile import check_compile_support
+
+        check_compile_support()
     for key, valid, allowed in _rules(cfg):
         if not valid:
             raise UsageError(f"invalid setting {key}={getattr(cfg, key)!r}: must be {allowed}")

@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dfine_cli.devices import wants_cuda
 from dfine_cli.engine.config import TrainConfig
 from dfine_cli.errors import (
     CheckpointError,
@@ -109,7 +110,8 @@ def env_world() -> tuple[int, int, int] | None:
 
 
 def default_backend(device: str) -> str:
-    return "nccl" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "gloo"
+    """The process-group backend for ``device``: NCCL for CUDA GPUs, Gloo otherwise."""
+    return "nccl" if wants_cuda(device) else "gloo"
 
 
 def init_process_group(backend: str, timeout_s: float, node: NodeInfo | None = None) -> Placement:
@@ -204,8 +206,8 @@ def weights_digest(model: nn.Module) -> str:
 def run_worker(cfg_dict: dict[str, Any], backend: str, timeout_s: float,
                node: NodeInfo | None = None) -> dict[str, Any]:
     """Body of one worker process (also used as-is under an external ``torchrun``)."""
-    from dfine_cli.cli._common import setup_logging
     from dfine_cli.engine.trainer import DistInfo, Trainer
+    from dfine_cli.logs import setup_logging
 
     if env_world() is None:
         raise UsageError("run_worker needs the RANK/WORLD_SIZE environment of torchrun")

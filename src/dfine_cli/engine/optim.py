@@ -9,8 +9,8 @@ rules mirror the official configurations' intent:
   decay; encoder/decoder norms and biases without weight decay;
 - D-FINE L/X (frozen backbone norms): encoder/decoder norms without weight decay;
 - DEIM S/M: every norm at the base lr without weight decay;
-- DEIM L/X: encoder/decoder norms without weight decay (backbone norms keep the base lr and
-  weight decay, as DEIM's configuration does).
+- DEIM L/X: encoder/decoder norms without weight decay (backbone norms train at
+  ``backbone_lr`` with weight decay, where DEIM's regular expressions put them).
 
 The official D-FINE N/S/M regular expression ``(?!.*norm|bn)`` does not actually exclude
 ``bn`` names, so there the backbone BatchNorm weights end up with weight decay; we follow
@@ -42,24 +42,6 @@ class OptimRecipe:
     backbone_norm_decay: bool
     head_no_decay: frozenset[str]  # roles without weight decay in encoder/decoder: norm, bias
     betas: tuple[float, float] = (0.9, 0.999)
-
-
-def _r(lr: float, bb: float, wd: float, bn_lr: str, bn_decay: bool, head: set[str]) -> OptimRecipe:
-    return OptimRecipe(lr, bb, wd, bn_lr, bn_decay, frozenset(head))
-
-
-OPTIM_RECIPES: dict[tuple[str, str], OptimRecipe] = {
-    ("dfine", "n"): _r(8e-4, 4e-4, 1e-4, "backbone", False, {"norm", "bias"}),
-    ("dfine", "s"): _r(2e-4, 1e-4, 1e-4, "backbone", False, {"norm", "bias"}),
-    ("dfine", "m"): _r(2e-4, 2e-5, 1e-4, "backbone", False, {"norm", "bias"}),
-    ("dfine", "l"): _r(2.5e-4, 1.25e-5, 1.25e-4, "base", True, {"norm"}),
-    ("dfine", "x"): _r(2.5e-4, 2.5e-6, 1.25e-4, "base", True, {"norm"}),
-    ("deim", "n"): _r(8e-4, 4e-4, 1e-4, "backbone", False, {"norm", "bias"}),
-    ("deim", "s"): _r(4e-4, 2e-4, 1e-4, "base", False, {"norm"}),
-    ("deim", "m"): _r(4e-4, 4e-5, 1e-4, "base", False, {"norm"}),
-    ("deim", "l"): _r(5e-4, 2.5e-5, 1.25e-4, "base", True, {"norm"}),
-    ("deim", "x"): _r(5e-4, 5e-6, 1.25e-4, "base", True, {"norm"}),
-}
 
 
 def parameter_roles(model: nn.Module) -> dict[str, tuple[str, str]]:
@@ -152,6 +134,30 @@ def lr_factor(cfg: ScheduleConfig, step: int) -> float:
     return low + (1.0 - low) * cosine
 
 
+def build_optimizer(
+    param_groups: list[dict[str, Any]],
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 1e-2,
+) -> torch.optim.AdamW:
+    """AdamW over ``param_groups`` (:func:`build_param_groups`), fused where torch has a kernel.
+
+    The fused AdamW (one kernel over all parameters) is used when every parameter is a
+    floating-point tensor on the CPU or a CUDA device; on the CPU it is several times faster
+    than the default per-parameter loop (``benchmarks/bench_train_step.py``). It computes the
+    same update up to float rounding; ``fused`` is saved in the optimizer's state, so a resumed
+    run continues with the implementation it started with.
+    """
+    params = [p for group in param_groups for p in group["params"]]
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params
+    )
+    return torch.optim.AdamW(
+        param_groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None
+    )
+
+
 def apply_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
@@ -178,15 +184,26 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """``ema = d * ema + (1 - d) * model`` for floating-point entries, copy for the rest.
+
+        One fused ``torch._foreach`` multiply and add over all floating-point tensors; each
+        element gets the same two roundings as an entry-by-entry ``mul_(d).add_(x, alpha)``.
+        """
         self.updates += 1
         d = self.current_decay()
         source = model.state_dict()
+        averaged: list[Tensor] = []
+        current: list[Tensor] = []
         for key, value in self.module.state_dict().items():
             src = source[key].detach()
             if value.dtype.is_floating_point:
-                value.mul_(d).add_(src.to(value.dtype), alpha=1.0 - d)
+                averaged.append(value)
+                current.append(src.to(value.dtype))
             else:
                 value.copy_(src)
+        if averaged:
+            torch._foreach_mul_(averaged, d)
+            torch._foreach_add_(averaged, current, alpha=1.0 - d)
 
     def state_dict(self) -> dict[str, Any]:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay,

@@ -14,7 +14,9 @@ import io
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ log = logging.getLogger("dfine.train")
 
 #: What a training run writes into its folder; ``exist_ok`` removes a previous run's copies.
 RUN_ARTIFACTS = ("last.pth", "best.pth", "best_stg1.pth", "best_eval.json", "config.yaml", "metrics.csv",
-                 "metrics.json", "metrics.svg")
+                 "metrics.json", "metrics.svg", "tensorboard")
 
 
 @dataclass
@@ -102,7 +104,10 @@ def claim_new_run(output: str | os.PathLike[str] | None, name: str | None = None
                              f"start a new run over it, or {second}")
         removed = [n for n in RUN_ARTIFACTS if n in leftovers]
         for artifact in removed:
-            (path / artifact).unlink(missing_ok=True)
+            if (path / artifact).is_dir():  # tensorboard/: the previous run's events
+                shutil.rmtree(path / artifact)
+            else:
+                (path / artifact).unlink(missing_ok=True)
         if removed:
             log.warning("--exist-ok: removed the previous run's %s from %s", ", ".join(removed), path)
     except BaseException:
@@ -146,41 +151,101 @@ class RunFiles:
             fh.write(render_svg(history))
 
 
-def _polyline(values: list[tuple[float, float]], x0: float, y0: float, w: float, h: float,
-              color: str) -> str:
+@dataclass(frozen=True)
+class _Panel:
+    """Where one chart sits in the SVG (pixels; ``y`` grows downwards)."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+    def to_x(self, value: float, low: float, high: float) -> float:
+        return self.x + (value - low) / (high - low) * self.width
+
+    def to_y(self, value: float, low: float, high: float) -> float:
+        return self.y + self.height - (value - low) / (high - low) * self.height
+
+
+_SVG_WIDTH, _SVG_HEIGHT = 720, 300
+_PANELS = (_Panel(64, 36, 280, 200), _Panel(424, 36, 280, 200))
+_MAX_TICKS = 8
+
+
+def epoch_ticks(first: int, last: int, max_ticks: int = _MAX_TICKS) -> list[int]:
+    """Whole epochs to label on the x axis of a chart of epochs ``first..last``.
+
+    At most ``max_ticks`` ticks at the multiples of a step of 1, 2, 5, 10, 20, 50... epochs,
+    plus ``first`` when it is at least half a step before the first multiple.
+    """
+    step = 1
+    while True:
+        start = -(-first // step) * step  # the first multiple of step >= first
+        ticks = list(range(start, last + 1, step))
+        if not ticks or start - first >= step / 2:
+            ticks.insert(0, first)
+        if len(ticks) <= max_ticks:
+            return ticks
+        step = _next_step(step)
+
+
+def _next_step(step: int) -> int:
+    """1 → 2 → 5 → 10 → 20 → 50 → 100 ..."""
+    magnitude = 10 ** (len(str(step)) - 1)
+    lead = step // magnitude
+    return {1: 2, 2: 5, 5: 10}[lead] * magnitude
+
+
+def _panel_svg(title: str, values: list[tuple[float, float]], panel: _Panel, epochs: tuple[int, int],
+               color: str) -> list[str]:
+    """One chart: title above the frame, min/max at the left of the y axis, epoch ticks below."""
+    p = panel
+    parts = [f'<text class="title" x="{p.x}" y="{p.y - 12}" font-size="13">{escape(title)}</text>',
+             f'<rect class="frame" x="{p.x}" y="{p.y}" width="{p.width}" height="{p.height}" '
+             'fill="none" stroke="#ccc"/>']
+    first, last = epochs
+    x_high = last if last > first else first + 1
+    for epoch in epoch_ticks(first, last):
+        x = p.to_x(epoch, first, x_high)
+        bottom = p.y + p.height
+        parts.append(f'<line class="tick" x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 5}" '
+                     'stroke="#666"/>')
+        parts.append(f'<text class="tick-label" x="{x:.1f}" y="{bottom + 18}" font-size="11" '
+                     f'text-anchor="middle">{epoch}</text>')
+    parts.append(f'<text class="axis-label" x="{p.x + p.width / 2}" y="{p.y + p.height + 34}" '
+                 'font-size="11" text-anchor="middle">epoch</text>')
     finite = [(x, y) for x, y in values if math.isfinite(y)]
     if not finite:
-        return ""
-    xs = [x for x, _ in finite]
-    ys = [y for _, y in finite]
-    xmin, xmax = min(xs), max(xs)
-    ymin, ymax = min(ys), max(ys)
-    if xmax == xmin:
-        xmax = xmin + 1
-    if ymax == ymin:
-        ymax = ymin + 1
-    pts = " ".join(
-        f"{x0 + (x - xmin) / (xmax - xmin) * w:.1f},{y0 + h - (y - ymin) / (ymax - ymin) * h:.1f}"
-        for x, y in finite
-    )
-    return (f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>'
-            f'<text x="{x0}" y="{y0 - 4}" font-size="11">{ymax:.4g}</text>'
-            f'<text x="{x0}" y="{y0 + h + 12}" font-size="11">{ymin:.4g}</text>')
+        parts.append(f'<text class="empty" x="{p.x + p.width / 2}" y="{p.y + p.height / 2}" '
+                     'font-size="11" text-anchor="middle" fill="#888">no values yet</text>')
+        return parts
+    low = min(y for _, y in finite)
+    high = max(y for _, y in finite)
+    y_high = high if high > low else low + 1
+    points = " ".join(f"{p.to_x(x, first, x_high):.1f},{p.to_y(y, low, y_high):.1f}" for x, y in finite)
+    parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
+    for value, y in ((high, p.to_y(high, low, y_high)), (low, p.y + p.height)):
+        parts.append(f'<text class="y-label" x="{p.x - 6}" y="{y + 4:.1f}" font-size="11" '
+                     f'text-anchor="end">{value:.4g}</text>')
+    return parts
 
 
 def render_svg(history: list[dict[str, Any]]) -> str:
-    """Two panels: training loss and validation mAP per epoch (self-contained SVG)."""
+    """Two panels, training loss and validation mAP 50:95 per epoch, as a self-contained SVG.
+
+    The x axis of both panels spans the same epochs, labelled with whole-epoch ticks; each
+    panel's highest and lowest value are written at the left of its y axis.
+    """
     loss = [(float(r["epoch"]), float(r.get("loss", float("nan")))) for r in history]
     ap = [(float(r["epoch"]), float(r["val_AP"])) for r in history if "val_AP" in r]
+    epochs = [int(r["epoch"]) for r in history]
+    span = (min(epochs), max(epochs)) if epochs else (1, 1)
     parts = [
-        '<svg xmlns="http://www.w3.org/2000/svg" width="640" height="260" font-family="sans-serif">',
-        '<rect width="640" height="260" fill="white"/>',
-        '<text x="20" y="18" font-size="13">training loss</text>',
-        '<text x="340" y="18" font-size="13">validation mAP 50:95</text>',
-        '<rect x="20" y="30" width="280" height="200" fill="none" stroke="#ccc"/>',
-        '<rect x="340" y="30" width="280" height="200" fill="none" stroke="#ccc"/>',
-        _polyline(loss, 20, 30, 280, 200, "#d62728"),
-        _polyline(ap, 340, 30, 280, 200, "#1f77b4"),
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_SVG_WIDTH}" height="{_SVG_HEIGHT}" '
+        f'viewBox="0 0 {_SVG_WIDTH} {_SVG_HEIGHT}" font-family="sans-serif">',
+        f'<rect width="{_SVG_WIDTH}" height="{_SVG_HEIGHT}" fill="white"/>',
+        *_panel_svg("training loss", loss, _PANELS[0], span, "#d62728"),
+        *_panel_svg("validation mAP 50:95", ap, _PANELS[1], span, "#1f77b4"),
         "</svg>",
     ]
     return "\n".join(parts) + "\n"

@@ -1,6 +1,6 @@
 """The training loop: setup, then epochs of (train, evaluate, checkpoint).
 
-Checkpoints are our format (``dfine_cli.checkpoint``) written atomically: ``model`` holds
+Checkpoints are our format (``dfine_cli.checkpoints``) written atomically: ``model`` holds
 the weights to use for inference (the EMA weights when EMA is on) and ``training`` holds
 everything needed to resume exactly: raw weights, EMA, optimizer, scaler, epoch and step,
 best metric, history, RNG state and the resolved configuration.
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from dfine_cli.checkpoint import (
+from dfine_cli.checkpoints import (
     ModelInfo,
     checkpoint_payload,
     load_weights,
@@ -30,31 +30,41 @@ from dfine_cli.checkpoint import (
     save_payload,
 )
 from dfine_cli.data.cocofile import resolve_dataset
-from dfine_cli.data.dataset import CocoDetectionDataset
+from dfine_cli.data.dataset import CocoDetectionDataset, loader_worker_init
 from dfine_cli.data.transforms import BatchCollator, TrainTransforms
 from dfine_cli.data.validate import check_before_training
-from dfine_cli.device import resolve_device
+from dfine_cli.devices import resolve_device
 from dfine_cli.engine.config import TrainConfig, validate
 from dfine_cli.engine.criterion import build_criterion
 from dfine_cli.engine.dataset_fingerprint import check_same_dataset
 from dfine_cli.engine.evaluate import EvalSplit, eval_loader, make_eval_split, run_evaluation
 from dfine_cli.engine.evaluator import EvalResult
 from dfine_cli.engine.finetune import adapt_state_to_classes
-from dfine_cli.engine.optim import ModelEMA, apply_lr, build_param_groups, lr_factor
+from dfine_cli.engine.optim import (
+    ModelEMA,
+    apply_lr,
+    build_optimizer,
+    build_param_groups,
+    lr_factor,
+)
 from dfine_cli.engine.recipes import Recipe, build_recipe
 from dfine_cli.engine.run_files import RunFiles, RunFolder, claim_new_run, claim_resumed_run
 from dfine_cli.engine.run_lock import RunFolderInUse, live_owner
 from dfine_cli.engine.stages import STAGE1_BEST, TwoStagePolicy
+from dfine_cli.engine.tensorboard_log import ScalarLog, open_scalar_log
+from dfine_cli.engine.throughput import ThroughputMeter
+from dfine_cli.engine.train_status import RunningStatus, StatusIterable
 from dfine_cli.errors import CheckpointError, DataError, TrainingError, UsageError
 from dfine_cli.hub.pretrained import load_pretrained_backbone
 from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.dfine import DFINE, DeployModel
 from dfine_cli.models.outputs import DetectorOutput
 from dfine_cli.models.presets import preset
+from dfine_cli.progress import Progress
+from dfine_cli.torch_compile import compile_module
 
 log = logging.getLogger("dfine.train")
 
-Progress = Callable[[Iterable[Any], str, int | None], Iterator[Any]]
 
 
 @dataclass
@@ -180,11 +190,13 @@ class Trainer:
         self.resume_state: dict[str, Any] | None = None
         self.resume_path: Path | None = None
         self.run_folder: RunFolder | None = None  # rank 0: the claimed, locked run folder
+        self.scalars: ScalarLog = ScalarLog()  # --tensorboard (engine/tensorboard_log.py)
         if cfg.resume:
             self.resume_path = resolve_resume(cfg.resume, cfg.name)
             ckpt = read_checkpoint(self.resume_path)
             if ckpt.training is None:
-                raise CheckpointError(f"{self.resume_path} has no training state to resume")
+                raise CheckpointError(f"{self.resume_path} has no training state to resume (best.pth holds "
+                                      f"only the inference weights; resume from {self.resume_path.parent / 'last.pth'})")
             self.resume_state = ckpt.training
             saved = dict(ckpt.training["config"])
             keep = {k: getattr(cfg, k) for k in ("epochs", "device", "workers", "patience", "check_images")
@@ -196,7 +208,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self._claim_run_dir()
-        self.device = resolve_device(None if cfg.device == "auto" else cfg.device)
+        self.device = resolve_device(cfg.device)
         if self.dist.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         torch.manual_seed(cfg.seed)
@@ -236,18 +248,22 @@ class Trainer:
                         cfg.batch_size, self.dist.world, self.per_rank_batch)
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, self.dist.rank, self.dist.world)
         self.collator = BatchCollator.from_config(self.recipe.augment, seed=cfg.seed)
+        # The official loader drops the last partial batch; a split smaller than one batch keeps it.
+        drop_last = len(self.sampler) >= self.per_rank_batch
         self.loader = DataLoader(self.train_set, batch_size=self.per_rank_batch, sampler=self.sampler,
-                                 num_workers=cfg.workers, collate_fn=self.collator, drop_last=False,
-                                 persistent_workers=False)
+                                 num_workers=cfg.workers, collate_fn=self.collator, drop_last=drop_last,
+                                 persistent_workers=False, worker_init_fn=loader_worker_init)
         self.iters_per_epoch = len(self.loader)
         self.schedule = self.recipe.schedule(self.iters_per_epoch, cfg.warmup_iters)
         groups = build_param_groups(self.model, self.recipe.optim, cfg.lr_scale)
-        self.optimizer = torch.optim.AdamW(groups, lr=self.recipe.optim.lr * cfg.lr_scale,
-                                           betas=self.recipe.optim.betas,
-                                           weight_decay=self.recipe.optim.weight_decay)
+        self.optimizer = build_optimizer(groups, lr=self.recipe.optim.lr * cfg.lr_scale,
+                                         betas=self.recipe.optim.betas,
+                                         weight_decay=self.recipe.optim.weight_decay)
         self.ema = ModelEMA(self.model, cfg.ema_decay, cfg.ema_warmups) if cfg.ema else None
         self.autocast, self.scaler = _autocast(self.device, cfg)
         self.train_module: nn.Module = self.ddp_wrap(self.model) if self.ddp_wrap else self.model
+        if cfg.compile:  # shares the parameters: checkpoints and EMA keep using self.model
+            self.train_module = compile_module(self.train_module, self.device)
         self.start_epoch, self.global_step, self.skip_batches = 0, 0, 0
         self.best_metric, self.best_epoch = -1.0, -1
         self.history: list[dict[str, Any]] = []
@@ -255,7 +271,7 @@ class Trainer:
         self.epoch_sums: dict[str, float] = {}  # running loss sums of the epoch in progress
         self.epoch_count = 0  # optimizer steps they cover
         self.stages = TwoStagePolicy(cfg.stage2, self.recipe.no_aug_start, self.recipe.epochs,
-                                     restart_decay=self.recipe.plan.ema_restart_decay)
+                                     restart_decay=self.recipe.ema_restart_decay)
         self.stage1_best: dict[str, Any] | None = None  # in memory on every rank (no shared disk needed)
         self.stage1_best_epoch = -1
         self.stage2_reloads = 0
@@ -268,6 +284,8 @@ class Trainer:
                 stale.unlink(missing_ok=True)
         if self.dist.is_main:
             self.files.write_config(self.cfg.to_dict() | {"resolved": self._resolved()})
+        self.scalars = open_scalar_log(cfg.tensorboard and self.dist.is_main, self.run_dir,
+                                       purge_step=self.global_step if self.resume_state is not None else None)
 
     def _claim_run_dir(self) -> None:
         """Set ``run_dir``; rank 0 creates and locks it (refusing a folder of another run)."""
@@ -425,12 +443,22 @@ class Trainer:
                  f", EMA decay {self.ema.decay:.4f}" if self.ema is not None else "")
 
     def save(self, name: str, epoch: int, step_in_epoch: int) -> Path:
-        """Write ``name`` atomically (rank 0 only); returns its path."""
+        """Write ``name`` atomically (rank 0 only); returns its path.
+
+        ``best.pth`` is the file users ship: it holds the inference weights (EMA when on),
+        the model info and a small ``trained`` summary, never the training state (that is
+        ``last.pth`` and ``best_stg1.pth``, which resume and stage 2 read).
+        """
         path = self.run_dir / name
         if not self.dist.is_main:
             return path
         inference = self.ema.module if self.ema else self.model
-        payload = checkpoint_payload(inference, self.info, self._training_state(epoch, step_in_epoch))
+        if name == "best.pth":
+            payload = checkpoint_payload(inference, self.info)
+            payload["trained"] = {"epoch": epoch, "metric": self.cfg.metric, "value": self.best_metric,
+                                  "weights": "ema" if self.ema else "model"}
+        else:
+            payload = checkpoint_payload(inference, self.info, self._training_state(epoch, step_in_epoch))
         save_payload(path, payload)
         return path
 
@@ -455,9 +483,12 @@ class Trainer:
         sums: dict[str, float] = dict(self.epoch_sums) if resuming else {}
         count = self.epoch_count if resuming else 0
         consecutive_bad = 0
-        batches: Iterable[Any] = iterator
+        meter = ThroughputMeter()
+        batches: Iterable[Any] = meter.timed(iterator)
+        status = RunningStatus()  # running loss and lr beside the bar (engine/train_status.py)
         if self.progress is not None and self.dist.is_main:
-            batches = self.progress(iterator, f"epoch {epoch + 1}/{self.recipe.epochs}", len(self.loader))
+            batches = self.progress(StatusIterable(batches, status.text), f"epoch {epoch + 1}/{self.recipe.epochs}",
+                                    len(self.loader))
         for step, (images, targets) in enumerate(batches, start=first):
             images = images.to(self.device, non_blocking=True)
             tgts = _targets_to(targets, self.device)
@@ -501,9 +532,12 @@ class Trainer:
                 self.ema.update(self.model)
             self.global_step += 1
             count += 1
-            for k, v in losses.as_floats().items():
+            terms = {**losses.as_floats(), "loss": float(loss.detach())}
+            for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            lr = self.optimizer.param_groups[0]["lr"]
+            status.update(sums["loss"] / count, lr)
+            self.scalars.step(self.global_step, terms, lr)
             if cfg.save_every_steps and (step + 1) % cfg.save_every_steps == 0 and step + 1 < self.iters_per_epoch:
                 self.epoch_sums, self.epoch_count = self._mean_over_ranks(sums), count
                 self.save("last.pth", epoch, step + 1)
@@ -517,6 +551,7 @@ class Trainer:
             torch.distributed.all_reduce(values)
             avg = {k: float(v) / self.dist.world for k, v in zip(keys, values)}
         avg["lr"] = self.optimizer.param_groups[0]["lr"]
+        avg.update(meter.summary(self.dist.world))  # this process's timing; images/s of all
         return avg
 
     def _mean_over_ranks(self, sums: dict[str, float]) -> dict[str, float]:
@@ -550,6 +585,7 @@ class Trainer:
         try:
             return self._fit()
         finally:
+            self.scalars.close()
             if self.run_folder is not None:
                 self.run_folder.close()
                 self.run_folder = None
@@ -590,16 +626,19 @@ class Trainer:
                         self._keep_stage1_best(epoch)
                 else:
                     self.history.append(record)
-                log.info("epoch %d: loss %.4f, val %s %.4f (best %.4f @ %d)", epoch + 1,
-                         stats.get("loss", float("nan")), cfg.metric, metric, self.best_metric, self.best_epoch)
+                log.info("epoch %d: loss %.4f, val %s %.4f (best %.4f @ %d); %s", epoch + 1,
+                         stats.get("loss", float("nan")), cfg.metric, metric, self.best_metric, self.best_epoch,
+                         _speed_text(stats))
                 if self.stages.reload_after(epoch, evaluated=True, improved=improved,
                                             have_stage1_best=self.stage1_best is not None):
                     self._reload_stage1_best(f"epoch {epoch + 1} did not improve {cfg.metric}")
             else:
                 self.history.append(record)
-                log.info("epoch %d: loss %.4f", epoch + 1, stats.get("loss", float("nan")))
+                log.info("epoch %d: loss %.4f; %s", epoch + 1, stats.get("loss", float("nan")),
+                         _speed_text(stats))
             self.save("last.pth", epoch + 1, 0)
             self.files.write_history(self.history)
+            self.scalars.epoch(self.history[-1])
             if cfg.patience and self.best_epoch > 0 and epoch + 1 - self.best_epoch >= cfg.patience:
                 log.info("no improvement for %d epochs: stopping early", cfg.patience)
                 stopped_early = True
@@ -608,6 +647,12 @@ class Trainer:
         return TrainResult(self.run_dir, epoch + 1 if self.recipe.epochs else 0, self.best_metric,
                            self.best_epoch, self.run_dir / "last.pth", best if best.exists() else None,
                            self.history, stopped_early, self.skipped_steps)
+
+
+def _speed_text(stats: dict[str, Any]) -> str:
+    """``"12.3 images/s, step 0.512 s, data wait 4%"`` from an epoch's throughput stats."""
+    return (f"{stats.get('images_per_s', 0.0):.1f} images/s, step {stats.get('step_time_s', 0.0):.3f} s, "
+            f"data wait {100 * stats.get('data_wait_frac', 0.0):.0f}%")
 
 
 def _cpu_copy(obj: Any) -> Any:

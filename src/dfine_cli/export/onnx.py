@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from dfine_cli import __version__
-from dfine_cli.checkpoint import ModelInfo
+from dfine_cli.checkpoints import ModelInfo
 from dfine_cli.errors import ExportError, require
 from dfine_cli.export.compare import Agreement, compare_detections, compare_raw
 from dfine_cli.fileio import atomic_path
+from dfine_cli.image_size import DEFAULT_IMG_SIZE, IMG_SIZE_RULE, is_valid_side
 from dfine_cli.models.dfine import DFINE, DeployModel
 from dfine_cli.models.outputs import HeadOutput
 
@@ -158,7 +159,7 @@ def export_onnx(
     info: ModelInfo,
     output: str | Path,
     *,
-    img_size: tuple[int, int] = (640, 640),
+    img_size: tuple[int, int] = (DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE),
     opset: int = 17,
     dynamic_batch: bool = True,
     simplify: bool = True,
@@ -174,8 +175,8 @@ def export_onnx(
     onnx = require("onnx", "onnx")
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old; D-FINE needs opset >= {MIN_OPSET}")
-    if any(s <= 0 or s % 32 for s in img_size):
-        raise ExportError(f"image size must be a multiple of 32, got {img_size}")
+    if len(img_size) != 2 or not all(is_valid_side(int(side)) for side in img_size):
+        raise ExportError(f"image size must be {IMG_SIZE_RULE}, got {tuple(img_size)}")
     output = Path(output)
     module = DeployModel(_fused(model)).eval()
     report = ExportReport(output, opset, img_size, dynamic_batch, simplified=simplify)
@@ -345,7 +346,7 @@ def onnx_summary(path: Path) -> dict[str, object]:
     Raises :class:`CheckpointError` ("not a dfine/D-FINE checkpoint: ...") for a file that is
     not an ONNX model (empty, random bytes, no graph).
     """
-    from dfine_cli.checkpoint import NOT_A_CHECKPOINT
+    from dfine_cli.checkpoints import NOT_A_CHECKPOINT
     from dfine_cli.errors import CheckpointError
 
     onnx = require("onnx", "onnx")

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from dfine_cli.checkpoint import ModelInfo
+from dfine_cli.checkpoints import ModelInfo
 from dfine_cli.errors import ExportError, UsageError, require
+from dfine_cli.export.int8 import DEFAULT_SCOPE
 from dfine_cli.export.onnx import (
     ExportReport,
     check_export,
@@ -34,6 +35,7 @@ from dfine_cli.export.onnx import (
     model_metadata,
 )
 from dfine_cli.fileio import _raise_write_error, remove_stale_temps, temp_dir_beside
+from dfine_cli.image_size import DEFAULT_IMG_SIZE
 from dfine_cli.models.dfine import DFINE, DeployModel
 
 log = logging.getLogger("dfine.export.openvino")
@@ -52,7 +54,7 @@ class Int8Options:
 
     images: Sequence[Path]
     subset_size: int = 300
-    scope: str = "decoder"
+    scope: str = DEFAULT_SCOPE
 
 
 def export_openvino(
@@ -60,7 +62,7 @@ def export_openvino(
     info: ModelInfo,
     output: str | Path,
     *,
-    img_size: tuple[int, int] = (640, 640),
+    img_size: tuple[int, int] = (DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE),
     opset: int = 17,
     dynamic_batch: bool = True,
     check: bool = True,

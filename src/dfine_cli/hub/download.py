@@ -254,7 +254,7 @@ def verify_entry(entry: WeightsEntry, path: Path) -> None:
 
         load_backbone_weights(build_backbone_for(entry), read_backbone_state(path), source=str(path))
         return
-    from dfine_cli.checkpoint import load_weights, read_checkpoint
+    from dfine_cli.checkpoints import load_weights, read_checkpoint
     from dfine_cli.models.build import build_model_from_config
 
     ckpt = read_checkpoint(path, variant=entry.variant)

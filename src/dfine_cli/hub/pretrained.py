@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dfine_cli.checkpoint import state_dict_mismatch
+from dfine_cli.checkpoints import state_dict_mismatch
 from dfine_cli.errors import CheckpointError
 from dfine_cli.hub.registry import BACKBONE_FOR_SIZE, WEIGHTS, WeightsEntry
 from dfine_cli.models.backbone import HGNetv2

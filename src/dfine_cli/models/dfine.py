@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dfine_cli.image_size import DEFAULT_IMG_SIZE
 from dfine_cli.models.backbone import HGNetv2
 from dfine_cli.models.decoder import DFineDecoder
 from dfine_cli.models.encoder import HybridEncoder
@@ -77,7 +78,7 @@ class DeployModel(nn.Module):
         return self.postprocessor(out.logits, out.boxes, orig_target_sizes)
 
     @torch.no_grad()
-    def warmup(self, batch: int = 1, size: tuple[int, int] = (640, 640)) -> None:
+    def warmup(self, batch: int = 1, size: tuple[int, int] = (DEFAULT_IMG_SIZE, DEFAULT_IMG_SIZE)) -> None:
         p = next(self.parameters())
         images = torch.zeros(batch, 3, *size, device=p.device, dtype=p.dtype)
         sizes = torch.tensor([[size[1], size[0]]] * batch, device=p.device)

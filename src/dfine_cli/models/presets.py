@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 Variant = Literal["dfine", "deim"]
 VARIANTS: tuple[str, ...] = ("dfine", "deim")
+#: The decoder activation that tells the variants apart: D-FINE's ReLU, DEIM's SiLU (DEIM's
+#: ``activation``/``mlp_act``). No tensor shows it, so checkpoints record or assume it.
+VARIANT_ACTIVATIONS: dict[str, str] = {"dfine": "relu", "deim": "silu"}
+
+
+def variant_of_activation(activation: str) -> Variant | None:
+    """The variant whose decoder uses ``activation`` (``"relu"``/``"silu"``), else ``None``."""
+    found = [variant for variant, act in VARIANT_ACTIVATIONS.items() if act == activation]
+    return cast(Variant, found[0]) if found else None
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,7 @@ class ModelConfig:
 
     @property
     def variant(self) -> Variant:
-        return "deim" if self.decoder_activation == "silu" else "dfine"
+        return variant_of_activation(self.decoder_activation) or "dfine"
 
     def replace(self, **changes: object) -> ModelConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -216,7 +225,7 @@ def preset(
         raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    act = "silu" if variant == "deim" else "relu"
+    act = VARIANT_ACTIVATIONS[variant]
     cfg = PRESETS[key]().replace(
         num_classes=num_classes, decoder_activation=act, mlp_activation=act
     )

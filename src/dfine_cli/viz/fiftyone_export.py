@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dfine_cli.bench.accuracy import ImagePrediction
+from dfine_cli.engine.evaluate import ImagePrediction
 from dfine_cli.errors import DependencyError
 
 log = logging.getLogger("dfine.viz.fiftyone")

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from dfine_cli.bench.accuracy import ImagePrediction
+from dfine_cli.detector_options import DEFAULT_CONF
+from dfine_cli.engine.evaluate import ImagePrediction
 from dfine_cli.engine.evaluator import EvalResult
 from dfine_cli.fileio import atomic_open
 from dfine_cli.viz.pr_curves import (
@@ -226,7 +227,7 @@ def build_report(
     result: EvalResult,
     *,
     title: str,
-    conf: float = 0.25,
+    conf: float = DEFAULT_CONF,
     iou: float = 0.5,
     gallery: int = 12,
     subtitle: str = "",
@@ -322,7 +323,7 @@ def write_report(
     result: EvalResult,
     *,
     title: str,
-    conf: float = 0.25,
+    conf: float = DEFAULT_CONF,
     iou: float = 0.5,
     gallery: int = 12,
     subtitle: str = "",

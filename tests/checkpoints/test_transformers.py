@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfine_cli.errors import CheckpointError
-from dfine_cli.models.hf_convert import (
-    HFModelSpec,
+from dfine_cli.checkpoints.infer import HFModelSpec
+from dfine_cli.checkpoints.official import INPUT_SIZE_KEYS
+from dfine_cli.checkpoints.transformers import (
     hf_config_to_spec,
-    hf_state_dict_to_official,
-    is_model_derived_key,
     load_hf_as_official,
     read_hf_checkpoint,
     spec_from_state_dict_shapes,
 )
+from dfine_cli.checkpoints.transformers_keys import hf_state_dict_to_official
+from dfine_cli.errors import CheckpointError
 from tests.models.hf_helpers import make_hf_dfine_config, randomize_
 from tests.models.reference_weights import read_manifest
 
@@ -78,8 +78,7 @@ def test_saved_checkpoint_converts_to_the_official_layout(size: str, tmp_path: P
 
     official = hf_state_dict_to_official(state, spec)
     missing = set(rows) - set(official)
-    assert missing == {"decoder.anchors", "decoder.valid_mask"}
-    assert all(is_model_derived_key(k) for k in missing)
+    assert missing == set(INPUT_SIZE_KEYS) == {"decoder.anchors", "decoder.valid_mask"}
     assert set(official) <= set(rows), sorted(set(official) - set(rows))[:5]
     wrong = [
         (key, shape_text(t), str(t.dtype), rows[key]["shape"], rows[key]["dtype"])

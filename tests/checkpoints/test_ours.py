@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from dfine_cli.checkpoint import read_checkpoint, save_checkpoint
+from dfine_cli.checkpoints import read_checkpoint, save_checkpoint
 from dfine_cli.detector import Detector
 from dfine_cli.errors import CheckpointError
 from tests.helpers import tiny_checkpoint

@@ -1,0 +1,98 @@
+"""One device resolution: ``auto`` means the same for every command and backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dfine_cli import devices
+from dfine_cli.devices import (
+    DEFAULT_DEVICE,
+    is_device_name,
+    parse_device,
+    resolve_backend_device,
+    resolve_device,
+    wants_cuda,
+)
+from dfine_cli.errors import HardwareError, UsageError
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "_cuda_available", lambda: False)
+
+
+@pytest.fixture
+def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "_cuda_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "mps", "cuda", "cuda:0", "cuda:12"])
+def test_accepted_spellings(name: str) -> None:
+    assert is_device_name(name)
+    assert parse_device(name) == name
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:", "cuda:x", "tpu", "cpu:0"])
+def test_unknown_spellings_are_usage_errors(name: str) -> None:
+    assert not is_device_name(name)
+    with pytest.raises(UsageError, match=rf"invalid device '{name}' \(use auto, cpu, mps, cuda or cuda:N\)"):
+        parse_device(name)
+
+
+def test_parse_normalises_and_defaults() -> None:
+    assert parse_device(None) == DEFAULT_DEVICE == "auto"
+    assert parse_device("  ") == "auto"
+    assert parse_device(" CUDA:1 ") == "cuda:1"
+
+
+def test_auto_is_cpu_without_a_gpu(no_gpu: None) -> None:
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(None) == torch.device("cpu")
+    assert not wants_cuda("auto")
+    with pytest.raises(HardwareError, match="no CUDA GPU is available"):
+        resolve_device("cuda")
+
+
+def test_auto_is_cuda_with_a_gpu(one_gpu: None) -> None:
+    assert resolve_device("auto") == torch.device("cuda")
+    assert wants_cuda("auto") and wants_cuda("cuda:0") and not wants_cuda("cpu")
+    with pytest.raises(HardwareError, match="only 1 GPU"):
+        resolve_device("cuda:3")
+
+
+def test_torch_device_objects_pass_through() -> None:
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_tensorrt_refuses_the_cpu(one_gpu: None) -> None:
+    with pytest.raises(UsageError, match="TensorRT backend runs on a CUDA GPU, not --device cpu"):
+        resolve_backend_device("tensorrt", "cpu")
+    assert resolve_backend_device("tensorrt", "auto") == torch.device("cuda")
+    assert resolve_backend_device("tensorrt", "cuda:0") == torch.device("cuda", 0)
+
+
+def test_tensorrt_without_a_gpu_is_a_hardware_error(no_gpu: None) -> None:
+    with pytest.raises(HardwareError, match="TensorRT backend needs a CUDA GPU"):
+        resolve_backend_device("tensorrt", "auto")
+
+
+def test_openvino_runs_on_the_cpu(one_gpu: None) -> None:
+    assert resolve_backend_device("openvino", "auto") == torch.device("cpu")
+    assert resolve_backend_device("openvino", "cpu") == torch.device("cpu")
+    with pytest.raises(UsageError, match="OpenVINO backend runs on the CPU"):
+        resolve_backend_device("openvino", "cuda")
+
+
+def test_onnxruntime_auto_needs_its_cuda_provider(one_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "_onnxruntime_has_cuda", lambda: False)
+    assert resolve_backend_device("onnxruntime", "auto") == torch.device("cpu")
+    monkeypatch.setattr(devices, "_onnxruntime_has_cuda", lambda: True)
+    assert resolve_backend_device("onnxruntime", "auto") == torch.device("cuda")
+    with pytest.raises(UsageError, match="ONNX Runtime backend runs on the CPU or CUDA"):
+        resolve_backend_device("onnxruntime", "mps")
+
+
+def test_torch_backend_auto_matches_resolve_device(no_gpu: None) -> None:
+    assert resolve_backend_device("torch", "auto") == resolve_device("auto") == torch.device("cpu")

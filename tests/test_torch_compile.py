@@ -1,0 +1,98 @@
+"""``--compile``: clear errors where torch.compile cannot run, and compiled == eager outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dfine_cli.errors import EXIT_ENVIRONMENT, DependencyError
+from dfine_cli.models.build import build_model_from_config
+from dfine_cli.models.dfine import DeployModel
+from dfine_cli.models.presets import preset
+from dfine_cli.torch_compile import check_compile_support, compile_module
+
+
+def test_missing_cpu_compiler_is_an_environment_error(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with pytest.raises(DependencyError, match=r"C\+\+ compiler.*/nonexistent/g\+\+") as info:
+        check_compile_support(torch.device("cpu"))
+    assert info.value.exit_code == EXIT_ENVIRONMENT
+    assert "\n" not in str(info.value)
+
+
+def test_no_compiler_on_path_is_named(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("dfine_cli.torch_compile.shutil.which", lambda name: None)
+    with pytest.raises(DependencyError, match=r"none of g\+\+, c\+\+, clang\+\+ on PATH"):
+        check_compile_support()
+
+
+def test_unsupported_device_is_refused_before_compiling():
+    with pytest.raises(DependencyError, match="not supported on device 'mps'"):
+        compile_module(torch.nn.Linear(2, 2), torch.device("mps"))
+
+
+def test_cuda_without_triton_is_named(monkeypatch):
+    monkeypatch.setattr("dfine_cli.torch_compile.importlib.util.find_spec", lambda name: None)
+    with pytest.raises(DependencyError, match="triton"):
+        check_compile_support(torch.device("cuda"))
+
+
+def test_exported_backend_cannot_be_compiled():
+    from dfine_cli.backends.base import BackendMeta
+    from dfine_cli.detector import Detector
+    from dfine_cli.errors import UsageError
+
+    class FakeOnnx:
+        meta = BackendMeta(img_size=(32, 32), class_names=["a"], category_ids=[1], description="x")
+
+    with pytest.raises(UsageError, match="exported model"):
+        Detector(FakeOnnx()).compile_model()  # type: ignore[arg-type]
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model_from_config(preset("n", num_classes=3, num_layers=2))
+
+
+@pytest.mark.slow  # several minutes of C++ compilation on a 2-core CPU
+def test_compiled_deploy_model_equals_eager_within_float_tolerance():
+    pytest.importorskip("torch._inductor")
+    try:
+        check_compile_support(torch.device("cpu"))
+    except DependencyError as exc:
+        pytest.skip(str(exc))
+    torch.manual_seed(1)
+    images = torch.rand(1, 3, 256, 256)
+    sizes = torch.tensor([[256, 256]])
+
+    deploy = DeployModel(_tiny_model()).eval()
+    compiled = compile_module(deploy, torch.device("cpu"))
+    with torch.inference_mode():
+        labels, boxes, scores = deploy(images, sizes)
+        c_labels, c_boxes, c_scores = compiled(images, sizes)
+    torch.testing.assert_close(c_scores, scores, rtol=1e-4, atol=1e-4)
+    assert torch.equal(c_labels, labels)
+    torch.testing.assert_close(c_boxes, boxes, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.slow  # several minutes of C++ compilation on a 2-core CPU
+def test_compiled_training_forward_equals_eager_within_float_tolerance():
+    pytest.importorskip("torch._inductor")
+    try:
+        check_compile_support(torch.device("cpu"))
+    except DependencyError as exc:
+        pytest.skip(str(exc))
+    torch.manual_seed(1)
+    images = torch.rand(1, 3, 256, 256)
+    model = _tiny_model().train()
+    compiled_train = compile_module(model, torch.device("cpu"))
+    with torch.no_grad():
+        eager_out = model(images)  # no targets: no denoising queries
+        compiled_out = compiled_train(images)
+    torch.testing.assert_close(
+        compiled_out.layers[-1].logits, eager_out.layers[-1].logits, rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(
+        compiled_out.layers[-1].boxes, eager_out.layers[-1].boxes, rtol=1e-4, atol=1e-4
+    )
