@@ -551,6 +551,7 @@ def check_tensorrt_int8(work: Work) -> Outcome:
     import torch
 
     from dfine_cli.backends.tensorrt_backend import TensorRTBackend
+    from dfine_cli.checkpoints import load_model
     from dfine_cli.export.engine_check import TOLERANCES, check_outputs
     from dfine_cli.export.tensorrt_int8 import export_int8_engine
 
@@ -558,7 +559,8 @@ def check_tensorrt_int8(work: Work) -> Outcome:
     images = _synthetic_images(work, CALIBRATION_IMAGES)
     out = work.engine("n", "int8")
     t0 = time.perf_counter()
-    report = export_int8_engine(ref / "dfine_n_keyed1234.pth", out, images,
+    model, info = load_model(ref / "dfine_n_keyed1234.pth")
+    report = export_int8_engine(model, info, out, images, source=ref / "dfine_n_keyed1234.pth",
                                 min_batch=1, opt_batch=1, max_batch=2)
     build_s = time.perf_counter() - t0
     inputs = torch.load(ref / "inputs_n.pt", map_location="cpu", weights_only=True)

@@ -147,8 +147,11 @@ def test_quantize_rejects_unknown_method_and_no_feeds(fp32_onnx, tmp_path):
 
 
 def test_engine_name_is_checked_before_anything_else(tmp_path):
+    from dfine_cli.checkpoints import load_model
+
+    model, info = load_model(tiny_checkpoint(tmp_path / "tiny.pth"))
     with pytest.raises(UsageError, match=r"\.engine"):
-        export_int8_engine(tmp_path / "missing.pth", tmp_path / "model.onnx", _images(1))
+        export_int8_engine(model, info, tmp_path / "model.onnx", _images(1))
 
 
 @pytest.mark.parametrize(
@@ -214,11 +217,13 @@ def test_report_dict():
 @pytest.mark.skipif(not HAS_GPU_TRT, reason="needs an NVIDIA GPU and TensorRT")
 def test_int8_engine_builds_and_runs(tmp_path):
     from dfine_cli.backends.tensorrt_backend import read_engine_info
+    from dfine_cli.checkpoints import load_model
     from dfine_cli.detector import Detector
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.pth")
     out = tmp_path / "int8.engine"
-    report = export_int8_engine(ckpt, out, _images(4), max_batch=2)
+    model, info = load_model(ckpt)
+    report = export_int8_engine(model, info, out, _images(4), source=ckpt, max_batch=2)
     assert out.is_file() and report.qdq_nodes["QuantizeLinear"] > 0
     info = read_engine_info(out)
     assert info is not None and info.precision == "int8"

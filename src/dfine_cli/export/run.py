@@ -126,8 +126,9 @@ def export_weights(source: str | Path, options: ExportOptions) -> Any:
 
         assert options.data is not None  # checked above
         images = calibration_images(options.data, options.calib_images or DEFAULT_CALIB_IMAGES)
-        return export_int8_engine(source, out, images, img_size=options.img_size,
-                                  variant=options.variant, min_batch=options.min_batch,
+        model, info = load_model(source, options.variant)
+        return export_int8_engine(model, info, out, images, source=source, img_size=options.img_size,
+                                  min_batch=options.min_batch,
                                   opt_batch=options.opt_batch, max_batch=options.max_batch,
                                   workspace_gb=options.workspace_gb)
     if options.format == "engine":

@@ -28,12 +28,16 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dfine_cli.errors import DfineError, ExportError, UsageError, require
 from dfine_cli.fileio import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from dfine_cli.checkpoints import ModelInfo
+    from dfine_cli.models.dfine import DFINE
 
 log = logging.getLogger("dfine.export.tensorrt_int8")
 
@@ -264,12 +268,13 @@ class Int8EngineReport:
 
 
 def export_int8_engine(
-    checkpoint: str | Path,
+    model: DFINE,
+    info: ModelInfo,
     output: str | Path,
     calibration_images: Sequence[Path | np.ndarray],
     *,
+    source: str | Path | None = None,
     img_size: tuple[int, int] | None = None,
-    variant: str | None = None,
     min_batch: int | None = None,
     opt_batch: int | None = None,
     max_batch: int | None = None,
@@ -277,8 +282,9 @@ def export_int8_engine(
     op_types: Sequence[str] = DEFAULT_QUANTIZED_OPS,
     method: str = "entropy",
 ) -> Int8EngineReport:
-    """Build an INT8 engine of ``checkpoint`` calibrated on ``calibration_images`` (paths or
-    RGB uint8 ``HxWx3`` arrays; e.g. :func:`dfine_cli.export.int8.calibration_images`).
+    """Build an INT8 engine of the loaded ``model`` calibrated on ``calibration_images`` (paths
+    or RGB uint8 ``HxWx3`` arrays; e.g. :func:`dfine_cli.export.int8.calibration_images`).
+    ``source`` names the checkpoint in the report.
 
     The engine and its ``<engine>.json`` (precision ``int8``) appear only if the build succeeds.
     INT8 accuracy depends on the calibration images, so nothing here checks it against a
@@ -289,27 +295,23 @@ def export_int8_engine(
         Runtime; ExportError: export, quantization or build failed.
     """
     from dfine_cli.backends.tensorrt_backend import EngineInfo, engine_sidecar, require_tensorrt
-    from dfine_cli.checkpoints import load_weights, read_checkpoint
     from dfine_cli.export.onnx import export_onnx
     from dfine_cli.export.tensorrt import batch_profile, build_engine
-    from dfine_cli.models.build import build_model_from_config
 
-    checkpoint, output = Path(checkpoint), Path(output)
+    output = Path(output)
     if output.suffix.lower() not in (".engine", ".trt", ".plan"):
         raise UsageError(f"an engine file ends in .engine, .trt or .plan, got {output.name}")
     profile = batch_profile(min_batch, opt_batch, max_batch, None)
     require_tensorrt()  # before the slow CPU work
-    ckpt = read_checkpoint(checkpoint, variant=variant)
-    model = build_model_from_config(ckpt.info.config)
-    load_weights(model, ckpt.state_dict, source=str(checkpoint))
-    size = img_size or ckpt.info.img_size
+    size = img_size or info.img_size
     feeds = CalibrationFeeds(calibration_images, size)
     with tempfile.TemporaryDirectory(prefix="dfine-int8-") as tmp_dir:
         fp32_onnx = Path(tmp_dir) / "model.onnx"
-        export_onnx(model, ckpt.info, fp32_onnx, img_size=size, check=False)
+        export_onnx(model, info, fp32_onnx, img_size=size, check=False)
         qdq_onnx = quantize_onnx_int8(fp32_onnx, Path(tmp_dir) / "model.int8.onnx", feeds,
                                       op_types=op_types, method=method)
-        report = Int8EngineReport(output, checkpoint, size, len(calibration_images), method,
+        report = Int8EngineReport(output, Path(source) if source is not None else output, size,
+                                  len(calibration_images), method,
                                   list(op_types), count_qdq_nodes(qdq_onnx))
         log.info("calibrated on %d images: %s", len(calibration_images), report.qdq_nodes)
         with atomic_path(output) as tmp:
@@ -317,11 +319,11 @@ def export_int8_engine(
                 qdq_onnx, tmp, profile=profile, img_size=size, precision="int8",
                 dynamic_batch=True, workspace_gb=workspace_gb,
             )
-            info = EngineInfo(
-                class_names=list(ckpt.info.class_names),
-                category_ids=[int(i) for i in ckpt.info.category_ids], img_size=size,
+            sidecar = EngineInfo(
+                class_names=list(info.class_names),
+                category_ids=[int(i) for i in info.category_ids], img_size=size,
                 precision="int8", min_batch=profile.min, opt_batch=profile.opt,
                 max_batch=profile.max, tensorrt_version=report.tensorrt_version,
             )
-            write_json(engine_sidecar(output), info.to_dict())
+            write_json(engine_sidecar(output), sidecar.to_dict())
     return report
