@@ -41,13 +41,14 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
 def _launch(entry, args, nproc: int = 2):
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from dfine_cli.engine.distributed import _free_port
+    from dfine_cli.engine.distributed import _free_port, signal_handlers_restored
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="t",
                           rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
                           rdzv_configs={"rank": 0}, max_restarts=0, monitor_interval=0.2,
                           start_method="spawn")
-    return elastic_launch(config, entry)(*args)
+    with signal_handlers_restored():  # the agent's handlers must not outlive the launch
+        return elastic_launch(config, entry)(*args)
 
 
 def param_checksum_worker(cfg_dict):
@@ -216,3 +217,20 @@ def test_external_torchrun_runs_each_process_as_a_worker(data, tmp_path):
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["processes"] == 2
     assert read_checkpoint(out / "last.pth").training["epoch"] == 1
+
+
+def test_signal_handlers_are_put_back_after_a_launch():
+    import signal
+
+    from dfine_cli.engine.distributed import signal_handlers_restored
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def agent_handler(signum, frame):  # stands for torchelastic's _terminate_process_handler
+        raise RuntimeError("agent")
+
+    with signal_handlers_restored():
+        signal.signal(signal.SIGINT, agent_handler)
+        signal.signal(signal.SIGTERM, agent_handler)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGTERM) is not agent_handler

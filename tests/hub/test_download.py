@@ -173,7 +173,7 @@ def test_two_processes_download_once_and_share_failures(server, tmp_path):
     """Under torchrun, local rank 0 downloads while rank 1 waits; a failure reaches both."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from dfine_cli.engine.distributed import _free_port
+    from dfine_cli.engine.distributed import _free_port, signal_handlers_restored
 
     b2 = WEIGHTS["hgnetv2-b2"]
     server.put(B0.file, backbone_file())
@@ -182,8 +182,9 @@ def test_two_processes_download_once_and_share_failures(server, tmp_path):
                           rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
                           rdzv_configs={"rank": 0}, max_restarts=0, monitor_interval=0.2,
                           start_method="spawn")
-    results = elastic_launch(config, fetch_worker)(server.base, str(tmp_path / "home"),
-                                                   [B0.name, b2.name])
+    with signal_handlers_restored():  # the agent's handlers must not outlive the launch
+        results = elastic_launch(config, fetch_worker)(server.base, str(tmp_path / "home"),
+                                                       [B0.name, b2.name])
     assert server.count(B0.file) == 1 and server.count(b2.file) == 1
     assert len(results[0]["calls"]) == 2 and results[1]["calls"] == []
     assert results[0][B0.name] == results[1][B0.name] and Path(str(results[0][B0.name])).is_file()

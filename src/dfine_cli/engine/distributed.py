@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -389,13 +390,32 @@ def launch(cfg: TrainConfig, options: LaunchOptions, verbose: bool = False) -> d
     # node started again (restart count 0) and the survivors (count 1) then meet on clean keys.
     share = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if options.nnodes > 1 else {}
     try:
-        with _environ(share):
+        with _environ(share), signal_handlers_restored():
             results = elastic_launch(config, run_worker)(payload, backend, options.timeout_s, node)
     except ChildFailedError as exc:
         raise _child_failure(exc, cfg) from None
     except RendezvousError as exc:
         raise _rendezvous_failure(exc, endpoint, options) from None
     return dict(results.get(0) or next(iter(results.values())))
+
+
+#: The signals whose handlers torchelastic's agent replaces and does not put back.
+_AGENT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+                       if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def signal_handlers_restored() -> Iterator[None]:
+    """Put back the process's signal handlers after a launch: torchelastic's agent installs its
+    own (which raise ``SignalException``) and leaves them, so a library caller's later Ctrl-C
+    would be turned into a torchelastic error."""
+    saved = {sig: signal.getsignal(sig) for sig in _AGENT_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            with contextlib.suppress(ValueError, TypeError):  # not the main thread / not settable
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
