@@ -8,6 +8,8 @@ each a conv (``conv.weight``), a norm (``bn.*``) and, with ``use_lab``, a learna
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,6 +29,27 @@ class LearnableAffine(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.scale * x + self.bias
+
+
+class ClampAt(nn.Module):
+    """In-place ``max(x, bound)`` (``upper=False``) or ``min(x, bound)`` (``upper=True``).
+
+    The inference form of ReLU followed by a LAB: with ``s`` and ``b`` the LAB's scale and
+    bias, ``s * relu(z) + b`` equals ``max(s * z + b, b)`` for ``s >= 0`` and
+    ``min(s * z + b, b)`` for ``s < 0``, so the scale and bias fold into the conv and three
+    element-wise passes become one. It runs only on a conv's fresh output, hence in place.
+    """
+
+    def __init__(self, bound: float, upper: bool) -> None:
+        super().__init__()
+        self.bound = bound
+        self.upper = upper
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.clamp_max_(self.bound) if self.upper else x.clamp_min_(self.bound)
+
+    def extra_repr(self) -> str:
+        return f"{'max' if self.upper else 'min'}={self.bound}"
 
 
 class ConvBNAct(nn.Module):
@@ -56,10 +79,22 @@ class ConvBNAct(nn.Module):
         return self.lab(self.act(x))
 
     def fuse(self) -> None:
-        if self.fused is None:
-            self.fused = fuse_conv_bn(self.conv, self.bn)
-            del self.conv
-            del self.bn
+        """Fold the norm, and a LAB with its ReLU, into the conv (inference only)."""
+        if self.fused is not None:
+            return
+        self.fused = fuse_conv_bn(self.conv, self.bn)
+        del self.conv
+        del self.bn
+        if isinstance(self.act, nn.ReLU) and isinstance(self.lab, LearnableAffine):
+            scale, bias = float(self.lab.scale.detach()), float(self.lab.bias.detach())
+            with torch.no_grad():
+                self.fused.weight.mul_(scale)
+                conv_bias = cast(Tensor, self.fused.bias)
+                conv_bias.mul_(scale).add_(bias)
+            self.act = ClampAt(bias, upper=scale < 0)
+            self.lab = nn.Identity()
+        elif isinstance(self.act, nn.ReLU):
+            self.act = ClampAt(0.0, upper=False)
 
 
 class Stem(nn.Module):
@@ -143,7 +178,10 @@ class HGBlock(nn.Module):
             y = layer(y)
             outputs.append(y)
         y = self.aggregation(torch.cat(outputs, dim=1))
-        return y + x if self.residual else y
+        if not self.residual:
+            return y
+        # In the fused (inference) form y is the fresh output of a clamp: add in place.
+        return y.add_(x) if self.aggregation[1].fused is not None else y + x
 
 
 class HGStage(nn.Module):

@@ -15,7 +15,13 @@ from torch import Tensor, nn
 from dfine_cli.models.deformable_attention import MSDeformableAttention
 from dfine_cli.models.denoising import make_denoising_queries
 from dfine_cli.models.fdr import distance_to_box, distribution_integral, weighting_function
-from dfine_cli.models.layers import MLP, inverse_sigmoid, make_activation, prior_logit
+from dfine_cli.models.layers import (
+    MLP,
+    Projection,
+    inverse_sigmoid,
+    make_activation,
+    prior_logit,
+)
 from dfine_cli.models.outputs import DetectorOutput, HeadOutput
 
 
@@ -173,7 +179,7 @@ class DFineDecoder(nn.Module):
         self.register_buffer("reg_scale", torch.tensor([reg_scale], dtype=torch.float32))
 
         self.input_proj = nn.ModuleList(
-            nn.Identity() if c == hidden_dim else _projection(c, hidden_dim)
+            nn.Identity() if c == hidden_dim else Projection(c, hidden_dim)
             for c in feat_channels
         )
         self.decoder = TransformerDecoder(
@@ -388,10 +394,3 @@ class _LayerOutputs:
     @property
     def final(self) -> HeadOutput:
         return self.outputs[-1]
-
-
-def _projection(in_ch: int, out_ch: int) -> nn.Sequential:
-    proj = nn.Sequential()
-    proj.add_module("conv", nn.Conv2d(in_ch, out_ch, 1, bias=False))
-    proj.add_module("norm", nn.BatchNorm2d(out_ch))
-    return proj

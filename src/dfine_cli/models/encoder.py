@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfine_cli.models.layers import ConvNorm, fuse_conv_bn, make_activation
+from dfine_cli.models.layers import ConvNorm, Projection, fuse_conv_bn, in_place, make_activation
 
 
 def sincos_position_embedding(
@@ -98,6 +98,7 @@ class RepVGGBlock(nn.Module):
             k3.weight.add_(F.pad(k1.weight, [1, 1, 1, 1]))
             cast(Tensor, k3.bias).add_(cast(Tensor, k1.bias))
         self.fused = k3
+        self.act = in_place(self.act)
         del self.conv1
         del self.conv2
 
@@ -137,11 +138,37 @@ class RepNCSPELAN4(nn.Module):
         )
         self.cv4 = ConvNorm(split_ch + 2 * branch_ch, out_ch, 1, activation=activation)
 
+        self.cv1_halves: nn.ModuleList | None = None
+
     def forward(self, x: Tensor) -> Tensor:
-        a, b = self.cv1(x).split((self.split, self.split), dim=1)
+        if self.cv1_halves is not None:
+            a, b = (half(x) for half in self.cv1_halves)
+        else:
+            a, b = self.cv1(x).split((self.split, self.split), dim=1)
         c = self.cv2(b)
         d = self.cv3(c)
         return self.cv4(torch.cat([a, b, c, d], dim=1))
+
+    def fuse(self) -> None:
+        """Fold the norms, and run ``cv1`` as two convs, one per half (inference only).
+
+        On channels-last maps a channel slice is not dense, so every conv reading the split
+        ``b`` would first copy it; two half-width convs give two dense maps for the same work.
+        """
+        if self.cv1_halves is not None:
+            return
+        self.cv1.fuse()
+        whole = cast(nn.Conv2d, self.cv1.fused)
+        halves = []
+        for lo in (0, self.split):
+            conv = nn.Conv2d(whole.in_channels, self.split, 1).to(whole.weight.device,
+                                                                  whole.weight.dtype)
+            with torch.no_grad():
+                conv.weight.copy_(whole.weight[lo : lo + self.split])
+                cast(Tensor, conv.bias).copy_(cast(Tensor, whole.bias)[lo : lo + self.split])
+            halves.append(nn.Sequential(conv, in_place(self.cv1.act)))
+        self.cv1_halves = nn.ModuleList(halves)
+        del self.cv1
 
 
 class SCDown(nn.Module):
@@ -154,15 +181,6 @@ class SCDown(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.cv2(self.cv1(x))
-
-
-class InputProjection(nn.Sequential):
-    """1x1 conv + BatchNorm projecting a backbone map to the encoder width."""
-
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
-        self.norm = nn.BatchNorm2d(out_ch)
 
 
 class HybridEncoder(nn.Module):
@@ -191,7 +209,7 @@ class HybridEncoder(nn.Module):
         self.hidden_dim = hidden_dim
         self.use_encoder_idx = tuple(i % levels for i in use_encoder_idx)
         self.pe_temperature = pe_temperature
-        self.input_proj = nn.ModuleList(InputProjection(c, hidden_dim) for c in in_channels)
+        self.input_proj = nn.ModuleList(Projection(c, hidden_dim) for c in in_channels)
         self.encoder = nn.ModuleList(
             TransformerEncoder(
                 [

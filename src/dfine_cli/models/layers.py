@@ -24,6 +24,15 @@ def make_activation(name: str | None) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}") from None
 
 
+def in_place(act: nn.Module) -> nn.Module:
+    """The in-place form of a ReLU or SiLU (for a conv's fresh output at inference)."""
+    if isinstance(act, nn.ReLU):
+        return nn.ReLU(inplace=True)
+    if isinstance(act, nn.SiLU):
+        return nn.SiLU(inplace=True)
+    return act
+
+
 class MLP(nn.Module):
     """``num_layers`` linear layers with an activation between them (none after the last)."""
 
@@ -117,8 +126,25 @@ class ConvNorm(nn.Module):
         """Fold the norm into the conv (inference only; irreversible)."""
         if self.fused is None:
             self.fused = fuse_conv_bn(self.conv, self.norm)
+            self.act = in_place(self.act)
             del self.conv
             del self.norm
+
+
+class Projection(nn.Sequential):
+    """1x1 conv + BatchNorm projecting a feature map to a model width (``conv``, ``norm``)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+        self.norm: nn.Module = nn.BatchNorm2d(out_ch)
+
+    def fuse(self) -> None:
+        """Fold the norm into the conv (inference only; irreversible)."""
+        if isinstance(self.norm, nn.Identity):
+            return
+        self.conv = fuse_conv_bn(self.conv, self.norm)
+        self.norm = nn.Identity()
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
