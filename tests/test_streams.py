@@ -134,15 +134,16 @@ def test_http_video_gives_every_frame(http_folder):
 class CountingDetector:
     """A stand-in model: one box per frame; sends Ctrl-C to this process at ``interrupt_at``."""
 
-    def __init__(self, interrupt_at: int | None = None) -> None:
+    def __init__(self, interrupt_at: int | None = None, signum: int = signal.SIGINT) -> None:
         self.class_names = ["thing"]
         self.calls = 0
         self.interrupt_at = interrupt_at
+        self.signum = signum
 
     def predict(self, frame: np.ndarray, conf: DetectionFilter) -> list[Detections]:
         self.calls += 1
         if self.calls == self.interrupt_at:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
         return [Detections(boxes=np.array([[1, 2, 20, 30]], np.float32), scores=np.array([0.9], np.float32),
                            labels=np.array([0]), names=["thing"], width=frame.shape[1], height=frame.shape[0])]
 
@@ -180,6 +181,35 @@ def test_ctrl_c_ends_a_stream_and_keeps_what_was_written(http_folder, tmp_path):
     assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     written.release()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_sigterm_ends_a_stream_like_ctrl_c_and_a_second_one_aborts(http_folder, tmp_path):
+    """``docker stop`` sends SIGTERM: the stream's video and records are kept."""
+    from dfine_cli.errors import Terminated
+    from dfine_cli.predict import run_prediction
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    base, folder = http_folder
+    write_mp4(folder / "live.mp4", frames=20)
+    out = tmp_path / "out"
+    out.mkdir()
+    previous = signal.signal(signal.SIGTERM, raise_terminated)  # what the CLI installs
+    try:
+        detector = CountingDetector(interrupt_at=4, signum=signal.SIGTERM)
+        summary = run_prediction(detector, f"{base}/live.mp4", out)  # type: ignore[arg-type]
+        assert summary.frames == 4
+        assert len(json.loads((out / "predictions.json").read_text())["results"]) == 4
+        assert sorted(p.name for p in out.iterdir()) == ["live.mp4", "predictions.json"]
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated  # handler restored
+        with StopOnInterrupt() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested
+            with pytest.raises(Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_ctrl_c_on_a_video_file_still_interrupts(tmp_path):

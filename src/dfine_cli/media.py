@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,33 +85,3 @@ class VideoInfo:
     width: int
     height: int
     frames: int
-
-
-def open_video(path: Path) -> tuple[object, VideoInfo]:
-    """Open a video for reading; :class:`DataError` when OpenCV cannot read a frame."""
-    cv2 = cv2_module()
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise DataError(f"cannot open video: {path}")
-    ok, _ = cap.read()
-    if not ok:
-        cap.release()
-        raise DataError(f"cannot read frames from video (corrupt or unsupported codec): {path}")
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-    info = VideoInfo(
-        fps=float(cap.get(cv2.CAP_PROP_FPS) or 25.0) or 25.0,
-        width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-        height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-        frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
-    )
-    return cap, info
-
-
-def iter_video_frames(cap: object) -> Iterator[np.ndarray]:
-    """Yield RGB frames until the stream ends."""
-    cv2 = cv2_module()
-    while True:
-        ok, frame = cap.read()  # type: ignore[attr-defined]
-        if not ok:
-            break
-        yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)

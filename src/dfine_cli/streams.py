@@ -182,29 +182,46 @@ def log_frame_rate(frames: Iterable[np.ndarray], label: str, every_s: float = 5.
 
 
 class StopOnInterrupt:
-    """While active, the first Ctrl-C (SIGINT) only sets :attr:`requested`; a second one
-    raises :class:`KeyboardInterrupt` as usual. Outside the main thread it does nothing
-    (signals can only be handled there), and Ctrl-C interrupts as usual.
+    """While active, the first Ctrl-C (SIGINT) or SIGTERM only sets :attr:`requested`, so a
+    live stream ends like one that ran out and its output is kept; a second signal of
+    either kind interrupts as usual (SIGINT raises :class:`KeyboardInterrupt`, SIGTERM goes
+    to the handler installed before, which the CLI turns into exit 143). ``docker stop`` and
+    service managers send SIGTERM, so a stream run under them keeps its video and records.
+    Outside the main thread it does nothing (signals can only be handled there).
     """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         self._installed = False
 
     def __enter__(self) -> StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
             self._installed = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous.clear()
             self._installed = False
 
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            previous = self._previous.get(signum)
+            if signum == signal.SIGTERM and callable(previous):
+                previous(signum, frame)
+                return
+            if signum == signal.SIGTERM and previous != signal.SIG_IGN:
+                raise SystemExit(128 + signum)  # the default action: end the process
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        log.warning("stopping after this frame (Ctrl-C again to abort)")
+        if signum == signal.SIGINT:
+            log.warning("stopping after this frame (Ctrl-C again to abort)")
+        else:
+            log.warning("SIGTERM: stopping after this frame (a second SIGTERM aborts)")

@@ -150,14 +150,18 @@ def _not_models(folder: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name", ["text.pth", "empty.pth", "empty.onnx", "random.onnx"])
-def test_a_file_that_is_no_model_is_exit_4_everywhere(tmp_path, name):
+def test_a_file_that_is_no_model_is_exit_4_everywhere(tmp_path, tmp_path_factory, name):
+    from dfine_cli.data.synth import make_synthetic_dataset
+
     pytest.importorskip("onnxruntime")
     path = _not_models(tmp_path)[name]
     image = write_jpeg(tmp_path / "a.jpg")
+    data = tmp_path_factory.mktemp("data")  # a valid dataset: eval checks --data first
+    make_synthetic_dataset(data, num_images=4, num_classes=2, img_size=64)
     commands = [
         ("info", path),
         ("predict", path, image, "--output", tmp_path / "p"),
-        ("eval", path, "--data", tmp_path, "--output", tmp_path / "e"),
+        ("eval", path, "--data", data, "--output", tmp_path / "e"),
     ]
     if name.endswith(".pth"):
         commands += [("bench", "info", path), ("weights", "convert", path, tmp_path / "o.pth"),

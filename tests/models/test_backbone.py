@@ -71,3 +71,14 @@ def test_plain_relu_becomes_an_in_place_clamp_and_residual_block_matches() -> No
                for m in block.modules() if isinstance(m, ConvBNAct))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(x, before)  # the in-place residual add never touches the input
+
+
+def test_stem_max_pool_exports_as_one_max_pool_node(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from dfine_cli.models.backbone import Stem
+
+    stem = Stem(3, 16, 32, use_lab=True).eval()
+    path = tmp_path / "stem.onnx"
+    torch.onnx.export(stem, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MaxPool") == 1 and "Max" not in ops

@@ -46,11 +46,11 @@ def evaluate_weights(
     from dfine_cli.engine.evaluate import evaluate, open_split
     from dfine_cli.fileio import run_dir
 
+    dataset = open_split(data, split)  # a bad --data fails before the model is loaded
     detector = open_detector(weights, options)
     size = detector.img_size
     if size[0] != size[1]:
         raise UsageError("evaluation uses square inputs; pass --img-size")
-    dataset = open_split(data, split)
     result = evaluate(detector, dataset, batch_size=batch_size, workers=workers,
                       evaluator=evaluator, progress=progress).result
     with run_dir("eval", output) as out_dir:

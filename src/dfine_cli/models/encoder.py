@@ -139,15 +139,36 @@ class RepNCSPELAN4(nn.Module):
         self.cv4 = ConvNorm(split_ch + 2 * branch_ch, out_ch, 1, activation=activation)
 
         self.cv1_halves: nn.ModuleList | None = None
+        self.cv1_low: nn.ModuleList | None = None
+        self.cv1_lateral: nn.ModuleList | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.cv1_halves is not None:
             a, b = (half(x) for half in self.cv1_halves)
         else:
             a, b = self.cv1(x).split((self.split, self.split), dim=1)
+        return self._rest(a, b)
+
+    def _rest(self, a: Tensor, b: Tensor) -> Tensor:
         c = self.cv2(b)
         d = self.cv3(c)
         return self.cv4(torch.cat([a, b, c, d], dim=1))
+
+    def forward_upsampled(self, low: Tensor, lateral: Tensor) -> Tensor:
+        """``forward(cat([upsample_2x(low), lateral]))`` without the upsampled concat.
+
+        A 1x1 conv commutes with nearest 2x upsampling, so the part of ``cv1`` that reads
+        the upsampled map runs on ``low`` at a quarter of the pixels and is upsampled after;
+        the concatenation is never built. Inference form only (see :meth:`split_input`).
+        """
+        assert self.cv1_low is not None and self.cv1_lateral is not None
+        assert self.cv1_halves is not None
+        halves = []
+        for full, from_low, from_lateral in zip(self.cv1_halves, self.cv1_low, self.cv1_lateral):
+            y = from_lateral(lateral)
+            y.add_(F.interpolate(from_low(low), scale_factor=2.0, mode="nearest"))
+            halves.append(cast(nn.Sequential, full)[1](y))  # the activation
+        return self._rest(halves[0], halves[1])
 
     def fuse(self) -> None:
         """Fold the norms, and run ``cv1`` as two convs, one per half (inference only).
@@ -161,14 +182,32 @@ class RepNCSPELAN4(nn.Module):
         whole = cast(nn.Conv2d, self.cv1.fused)
         halves = []
         for lo in (0, self.split):
-            conv = nn.Conv2d(whole.in_channels, self.split, 1).to(whole.weight.device,
-                                                                  whole.weight.dtype)
+            conv = nn.Conv2d(whole.in_channels, self.split, 1).to(whole.weight)
             with torch.no_grad():
                 conv.weight.copy_(whole.weight[lo : lo + self.split])
                 cast(Tensor, conv.bias).copy_(cast(Tensor, whole.bias)[lo : lo + self.split])
             halves.append(nn.Sequential(conv, in_place(self.cv1.act)))
         self.cv1_halves = nn.ModuleList(halves)
         del self.cv1
+
+    def split_input(self, low_channels: int) -> None:
+        """Prepare :meth:`forward_upsampled` for inputs whose first ``low_channels``
+        channels are an upsampled map (after :meth:`fuse`)."""
+        self.fuse()
+        assert self.cv1_halves is not None
+        lows, laterals = [], []
+        for full in self.cv1_halves:
+            conv = cast(nn.Conv2d, cast(nn.Sequential, full)[0])
+            low = nn.Conv2d(low_channels, conv.out_channels, 1, bias=False).to(conv.weight)
+            lat = nn.Conv2d(conv.in_channels - low_channels, conv.out_channels, 1).to(conv.weight)
+            with torch.no_grad():
+                low.weight.copy_(conv.weight[:, :low_channels])
+                lat.weight.copy_(conv.weight[:, low_channels:])
+                cast(Tensor, lat.bias).copy_(cast(Tensor, conv.bias))
+            lows.append(low)
+            laterals.append(lat)
+        self.cv1_low = nn.ModuleList(lows)
+        self.cv1_lateral = nn.ModuleList(laterals)
 
 
 class SCDown(nn.Module):
@@ -250,6 +289,11 @@ class HybridEncoder(nn.Module):
             self._pos_cache[key] = cached
         return cached
 
+    def fuse(self) -> None:
+        """Inference form: the FPN blocks take the upsampled map unconcatenated."""
+        for block in self.fpn_blocks:
+            cast(RepNCSPELAN4, block).split_input(self.hidden_dim)
+
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         proj = [p(f) for p, f in zip(self.input_proj, feats)]
         for enc, idx in zip(self.encoder, self.use_encoder_idx):
@@ -265,8 +309,12 @@ class HybridEncoder(nn.Module):
         for step, idx in enumerate(range(levels - 1, 0, -1)):
             high = self.lateral_convs[step](inner[0])
             inner[0] = high
+            block = cast(RepNCSPELAN4, self.fpn_blocks[step])
+            if block.cv1_low is not None:
+                inner.insert(0, block.forward_upsampled(high, proj[idx - 1]))
+                continue
             up = F.interpolate(high, scale_factor=2.0, mode="nearest")
-            inner.insert(0, self.fpn_blocks[step](torch.cat([up, proj[idx - 1]], dim=1)))
+            inner.insert(0, block(torch.cat([up, proj[idx - 1]], dim=1)))
         # bottom-up
         outs = [inner[0]]
         for step in range(levels - 1):
