@@ -157,10 +157,43 @@ def test_predictions_on_an_http_video(http_folder, tmp_path):
     out.mkdir()
     summary = run_prediction(CountingDetector(), f"{base}/clip.mp4", out)  # type: ignore[arg-type]
     assert (summary.videos, summary.frames, summary.detections) == (1, 5, 5)
+    assert summary.records == []  # a stream's records are not held in memory
     saved = json.loads((out / "predictions.json").read_text())
-    assert [r["frame"] for r in saved["results"]] == [0, 1, 2, 3, 4]
-    assert saved["results"][0]["path"] == f"{base}/clip.mp4"
-    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "predictions.json"]
+    assert saved["schema_version"] == 2 and saved["results"] == []
+    assert saved["streams"] == [{"source": f"{base}/clip.mp4", "records": "clip.jsonl", "frames": 5}]
+    lines = _jsonl(out / "clip.jsonl")
+    assert [r["frame"] for r in lines] == [0, 1, 2, 3, 4]
+    assert lines[0]["path"] == f"{base}/clip.mp4"
+    assert sorted(p.name for p in out.iterdir()) == ["clip.jsonl", "clip.mp4", "predictions.json"]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_stream_records_are_on_disk_as_each_frame_is_done(http_folder, tmp_path):
+    """A crash (or SIGKILL) in the middle of a stream loses at most the current frame."""
+    from dfine_cli.predict import run_prediction
+
+    base, folder = http_folder
+    write_mp4(folder / "cam.mp4", frames=6)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cam.jsonl").write_text("earlier run\n")  # never overwritten
+    seen: list[int] = []
+
+    class Crashing(CountingDetector):
+        def predict(self, frame, conf):
+            if self.calls == 4:
+                seen.append(len(_jsonl(out / "cam_2.jsonl")))  # before the fifth frame
+                raise RuntimeError("simulated crash")
+            return super().predict(frame, conf)
+
+    with pytest.raises(RuntimeError):
+        run_prediction(Crashing(), f"{base}/cam.mp4", out)  # type: ignore[arg-type]
+    assert seen == [4]
+    assert [r["frame"] for r in _jsonl(out / "cam_2.jsonl")] == [0, 1, 2, 3]
+    assert (out / "cam.jsonl").read_text() == "earlier run\n"
 
 
 def test_ctrl_c_ends_a_stream_and_keeps_what_was_written(http_folder, tmp_path):
@@ -175,8 +208,8 @@ def test_ctrl_c_ends_a_stream_and_keeps_what_was_written(http_folder, tmp_path):
     detector = CountingDetector(interrupt_at=3)
     summary = run_prediction(detector, f"{base}/live.mp4", out)  # type: ignore[arg-type]
     assert summary.frames == 3 and detector.calls == 3
-    assert len(json.loads((out / "predictions.json").read_text())["results"]) == 3
-    assert sorted(p.name for p in out.iterdir()) == ["live.mp4", "predictions.json"]  # no temp
+    assert len(_jsonl(out / "live.jsonl")) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["live.jsonl", "live.mp4", "predictions.json"]  # no temp
     written = cv2.VideoCapture(str(out / "live.mp4"))
     assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     written.release()
@@ -200,8 +233,8 @@ def test_sigterm_ends_a_stream_like_ctrl_c_and_a_second_one_aborts(http_folder, 
         detector = CountingDetector(interrupt_at=4, signum=signal.SIGTERM)
         summary = run_prediction(detector, f"{base}/live.mp4", out)  # type: ignore[arg-type]
         assert summary.frames == 4
-        assert len(json.loads((out / "predictions.json").read_text())["results"]) == 4
-        assert sorted(p.name for p in out.iterdir()) == ["live.mp4", "predictions.json"]
+        assert len(_jsonl(out / "live.jsonl")) == 4
+        assert sorted(p.name for p in out.iterdir()) == ["live.jsonl", "live.mp4", "predictions.json"]
         assert signal.getsignal(signal.SIGTERM) is raise_terminated  # handler restored
         with StopOnInterrupt() as stop:
             os.kill(os.getpid(), signal.SIGTERM)

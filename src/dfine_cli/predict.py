@@ -51,9 +51,25 @@ class InputError:
 
 
 @dataclass
+class StreamRecords:
+    """Where a stream's per-frame records went: appended to ``path`` (JSON Lines) as frames
+    arrived, so an endless stream holds nothing in memory and a crash loses at most the
+    frame being processed."""
+
+    source: str
+    path: Path
+    frames: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "records": self.path.name, "frames": self.frames}
+
+
+@dataclass
 class PredictSummary:
     output_dir: Path
     records: list[dict[str, Any]] = field(default_factory=list)
+    """Records of images and video files; a stream's are in its :attr:`streams` file."""
+    streams: list[StreamRecords] = field(default_factory=list)
     images: int = 0
     videos: int = 0
     frames: int = 0
@@ -184,7 +200,7 @@ def predict_video(
                         writer.write(draw_detections(frame, det))
                     yield index, det
                     if stop is not None and stop.requested:
-                        log.info("%s: stopped by Ctrl-C after %d frames", source.label, index + 1)
+                        log.info("%s: stopped after %d frames", source.label, index + 1)
                         break
             finally:
                 if writer is not None:
@@ -238,25 +254,69 @@ def run_prediction(
         summary.images += 1
         summary.detections += len(det)
     for video in videos:
+        sink = _StreamSink(output_dir, str(video)) if video in streams else None
         try:
             for index, det in predict_video(detector, video, output_dir, keep, save,
                                             track=track, progress=progress):
                 record = det.to_dict()
                 record["frame"] = index
-                summary.records.append(record)
+                if sink is not None:
+                    sink.write(record)
+                else:
+                    summary.records.append(record)
                 summary.frames += 1
                 summary.detections += len(det)
         except DataError as exc:
             _report(errors, video, exc)
             continue
+        finally:
+            if sink is not None:
+                sink.close()
+                if sink.written.frames:
+                    summary.streams.append(sink.written)
         summary.videos += 1
     if not summary.images and not summary.videos:
         raise DataError(f"none of the {total} inputs could be read (each listed above)")
     write_json(output_dir / "predictions.json", {
-        "schema_version": 1, "results": summary.records,
+        "schema_version": 2, "results": summary.records,
+        "streams": [s.to_dict() for s in summary.streams],
         "errors": [e.to_dict() for e in summary.errors],
     })
     return summary
+
+
+class _StreamSink:
+    """Appends a stream's records to ``<stem>.jsonl``, one line per frame, flushed at once.
+
+    The file is opened at the first record (a stream that cannot be opened leaves none)
+    and never rewritten; an existing file of that name gets the next free one.
+    """
+
+    def __init__(self, output_dir: Path, source: str) -> None:
+        from dfine_cli.streams import redact, stream_stem
+
+        stem = stream_stem(source)
+        path = output_dir / f"{stem}.jsonl"
+        n = 2
+        while path.exists():
+            path = output_dir / f"{stem}_{n}.jsonl"
+            n += 1
+        self.written = StreamRecords(source=redact(source), path=path)
+        self._fh: Any = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        import json
+
+        if self._fh is None:
+            self._fh = open(self.written.path, "x", encoding="utf-8")  # noqa: SIM115
+        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._fh.flush()
+        self.written.frames += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def _unique_name(path: Path, used: set[str], suffix: str) -> str:

@@ -93,8 +93,11 @@ def test_http_video_url_is_predicted(ckpt, tmp_path, http_folder):  # noqa: F811
     assert res.returncode == 0, res.stderr
     payload = json.loads(res.stdout)
     assert (payload["videos"], payload["frames"]) == (1, 4)
-    assert payload["results"][0]["path"] == f"{base}/clip.mp4"
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["clip.mp4", "predictions.json"]
+    assert payload["streams"] == [{"source": f"{base}/clip.mp4", "records": "clip.jsonl", "frames": 4}]
+    records = [json.loads(line) for line in (tmp_path / "o" / "clip.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 2, 3] and records[0]["path"] == f"{base}/clip.mp4"
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "clip.jsonl", "clip.mp4", "predictions.json"]
 
 
 def test_classes_and_per_class_conf(ckpt, tmp_path):

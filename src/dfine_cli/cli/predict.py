@@ -73,7 +73,7 @@ def predict(
     'errors' list of predictions.json and --json) and skipped; every other input is
     still processed and saved, and the command then exits 3.
 
-    A stream (webcam index, rtsp://, http://...) runs until it ends or until Ctrl-C, which keeps what was written.
+    A stream (webcam index, rtsp://, http://...) runs until it ends, or until Ctrl-C or SIGTERM, which keep what was written; its records go to <name>.jsonl, one line per frame as it is processed.
     """
     from dfine_cli.detection_filter import FilterSpec
     from dfine_cli.detector_options import DetectorOptions
@@ -91,6 +91,7 @@ def predict(
     if json_out:
         print_json({"command": "predict", "output_dir": str(out_dir), "images": summary.images,
                     "videos": summary.videos, "frames": summary.frames, "results": summary.records,
+                    "streams": [st.to_dict() for st in summary.streams],
                     "errors": [e.to_dict() for e in summary.errors]})
     else:
         typer.echo(f"{summary.images} image(s), {summary.videos} video(s) ({summary.frames} frames), "
