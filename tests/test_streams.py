@@ -43,6 +43,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.fixture(autouse=True)
+def _default_sigint() -> Iterator[None]:
+    """Python's own Ctrl-C handler, whatever this process inherited: a test run started in
+    the background (``nohup``, ``&`` without job control) begins with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def http_folder(tmp_path) -> Iterator[tuple[str, Path]]:
     """A loopback HTTP server serving a folder: (base URL, folder)."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dfine_cli.errors import EXIT_ENVIRONMENT, DependencyError
+from dfine_cli.export.compare import compare_detections
 from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.dfine import DeployModel
 from dfine_cli.models.presets import preset
@@ -69,11 +70,16 @@ def test_compiled_deploy_model_equals_eager_within_float_tolerance():
     deploy = DeployModel(_tiny_model()).eval()
     compiled = compile_module(deploy, torch.device("cpu"))
     with torch.inference_mode():
-        labels, boxes, scores = deploy(images, sizes)
-        c_labels, c_boxes, c_scores = compiled(images, sizes)
-    torch.testing.assert_close(c_scores, scores, rtol=1e-4, atol=1e-4)
-    assert torch.equal(c_labels, labels)
-    torch.testing.assert_close(c_boxes, boxes, rtol=1e-4, atol=1e-3)
+        eager = deploy(images, sizes)
+        fused = compiled(images, sizes)
+    # Compiled kernels round differently; two detections whose scores tie within that
+    # rounding may swap ranks, so compare the way the export check does: each eager
+    # detection finds an unused compiled one with its label, score and box (tie-aware).
+    agreement = compare_detections(tuple(t.numpy() for t in eager),  # type: ignore[arg-type]
+                                   tuple(t.numpy() for t in fused),  # type: ignore[arg-type]
+                                   score_tol=1e-4, box_tol=1e-2)
+    assert agreement.ok(1e-4, 1e-2), agreement.describe()
+    torch.testing.assert_close(fused[2], eager[2], rtol=1e-4, atol=1e-4)  # sorted scores
 
 
 @pytest.mark.slow  # several minutes of C++ compilation on a 2-core CPU
