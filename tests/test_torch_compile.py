@@ -56,15 +56,20 @@ def _tiny_model() -> torch.nn.Module:
     return build_model_from_config(preset("n", num_classes=3, num_layers=2))
 
 
-@pytest.mark.slow  # several minutes of C++ compilation on a 2-core CPU
-def test_compiled_deploy_model_equals_eager_within_float_tolerance():
+def _compile_inputs() -> torch.Tensor:
+    """Skip where torch.compile cannot run on this CPU; else a seeded 256x256 image batch."""
     pytest.importorskip("torch._inductor")
     try:
         check_compile_support(torch.device("cpu"))
     except DependencyError as exc:
         pytest.skip(str(exc))
     torch.manual_seed(1)
-    images = torch.rand(1, 3, 256, 256)
+    return torch.rand(1, 3, 256, 256)
+
+
+@pytest.mark.slow  # several minutes of C++ compilation on a 2-core CPU
+def test_compiled_deploy_model_equals_eager_within_float_tolerance():
+    images = _compile_inputs()
     sizes = torch.tensor([[256, 256]])
 
     deploy = DeployModel(_tiny_model()).eval()
@@ -84,13 +89,7 @@ def test_compiled_deploy_model_equals_eager_within_float_tolerance():
 
 @pytest.mark.slow  # several minutes of C++ compilation on a 2-core CPU
 def test_compiled_training_forward_equals_eager_within_float_tolerance():
-    pytest.importorskip("torch._inductor")
-    try:
-        check_compile_support(torch.device("cpu"))
-    except DependencyError as exc:
-        pytest.skip(str(exc))
-    torch.manual_seed(1)
-    images = torch.rand(1, 3, 256, 256)
+    images = _compile_inputs()
     model = _tiny_model().train()
     compiled_train = compile_module(model, torch.device("cpu"))
     with torch.no_grad():

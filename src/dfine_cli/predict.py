@@ -9,6 +9,7 @@ of the output itself (disk full, read-only folder) stop the run: they would hit 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -305,8 +306,6 @@ class _StreamSink:
         self._fh: Any = None
 
     def write(self, record: dict[str, Any]) -> None:
-        import json
-
         if self._fh is None:
             self._fh = open(self.written.path, "x", encoding="utf-8")  # noqa: SIM115
         self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
