@@ -6,6 +6,10 @@ EMA update.
 
     python benchmarks/bench_train_step.py --size n --batch 4 --img-size 640 --iters 10
 
+``--compile`` runs the forward through ``torch.compile`` as ``dfine train --compile`` does
+(compilation happens in the first warm-up step, whose time is printed);
+``--compare-compile`` alternates fresh processes of this tree compiled (A) and eager (B);
+``--compare SRC --compile`` runs A compiled against B eager.
 ``--profile`` prints the torch profiler's top ops and the time per part of the step
 (backbone, encoder, decoder, deformable sampling, matcher, criterion, backward, optimizer,
 EMA). ``--compare SRC`` measures this tree against another copy of the package's ``src``
@@ -69,9 +73,14 @@ def _make_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[
         targets.append({"labels": labels, "boxes": torch.cat([cxcy, wh], 1)})
 
     rf = torch.profiler.record_function
+    forward: Any = model
+    if args.compile:
+        from dfine_cli.torch_compile import compile_module
+
+        forward = compile_module(model, torch.device("cpu"))
 
     def step() -> None:
-        out = model(images, targets)
+        out = forward(images, targets)
         with rf("## criterion"):
             loss = criterion(out, targets).total
         optim.zero_grad(set_to_none=True)
@@ -109,8 +118,12 @@ def _make_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[
 
 def _run(args: argparse.Namespace) -> None:
     step, label_parts = _make_step(args)
-    for _ in range(args.warmup):
+    for i in range(args.warmup):
+        start = time.perf_counter()
         step()
+        if i == 0 and args.compile:
+            print(f"first step (compilation included): {time.perf_counter() - start:.1f} s",
+                  file=sys.stderr)
     if args.profile:
         label_parts()
         from torch.profiler import ProfilerActivity, profile
@@ -156,16 +169,21 @@ def _run(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace, passthrough: list[str]) -> None:
     """Alternate fresh processes of this tree (A) and ``args.compare`` (B)."""
     here = str(Path(__file__).resolve().parents[1] / "src")
-    trees = {"A (this tree)": here, f"B ({args.compare})": str(Path(args.compare).resolve())}
+    if args.compare_compile:  # one tree, two modes: (src, extra arguments)
+        trees = {"A (compiled)": (here, ["--compile"]), "B (eager)": (here, [])}
+    else:  # with --compile, A runs compiled
+        trees = {f"A (this tree{', compiled' if args.compile else ''})":
+                 (here, ["--compile"] if args.compile else []),
+                 f"B ({args.compare})": (str(Path(args.compare).resolve()), [])}
     times: dict[str, list[float]] = {k: [] for k in trees}
     rss: dict[str, list[float]] = {k: [] for k in trees}
     cpu_times: dict[str, list[float]] = {k: [] for k in trees}
     loads = []
     for _ in range(args.rounds):
-        for name, src in trees.items():
+        for name, (src, extra) in trees.items():
             env = dict(os.environ, PYTHONPATH=src)
             out = subprocess.run(
-                [sys.executable, __file__, "--machine", *passthrough],
+                [sys.executable, __file__, "--machine", *passthrough, *extra],
                 env=env,
                 check=True,
                 capture_output=True,
@@ -205,10 +223,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the profiler's top ops")
     parser.add_argument("--top", type=int, default=25, help="ops listed by --profile")
     parser.add_argument("--compare", metavar="SRC", help="another tree's src folder (A/B)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward")
+    parser.add_argument("--compare-compile", action="store_true",
+                        help="A/B: this tree compiled against eager")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds of --compare")
     parser.add_argument("--machine", action="store_true", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
-    if args.compare:
+    if args.compare or args.compare_compile:
         passthrough = [
             f"--size={args.size}",
             f"--recipe={args.recipe}",

@@ -121,7 +121,7 @@ def test_transforms_receive_the_dataset_and_the_epoch(dataset_files: tuple[Path,
     dataset.set_epoch(7)
     assert pipeline.epoch == 7 and dataset.epoch == 7
     image, target = dataset[0]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
     assert ((target["boxes"] >= 0) & (target["boxes"] <= 1)).all()
 
     seen = []

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from dfine_cli.data.dataset import CocoDetectionDataset
 from dfine_cli.data.mosaic import Mosaic, MosaicConfig
@@ -69,8 +70,7 @@ class InMemorySource:
 
 
 def _assert_valid_output(image: torch.Tensor, target: dict, size: int) -> None:
-    assert image.shape == (3, size, size) and image.dtype == torch.float32
-    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+    assert image.shape == (3, size, size) and image.dtype == torch.uint8  # collate makes floats
     _assert_valid_boxes(target)
 
 
@@ -394,6 +394,26 @@ def test_collate_stacks_images() -> None:
     images, targets = collate(items)
     assert images.shape == (4, 3, 32, 32)
     assert [t["idx"].item() for t in targets] == [0, 1, 2, 3]
+
+
+def test_collate_converts_uint8_batches_as_each_image_would_be() -> None:
+    g = torch.Generator().manual_seed(3)
+    hwc = [torch.randint(0, 256, (24, 20, 3), dtype=torch.uint8, generator=g) for _ in range(3)]
+    items = [(img.permute(2, 0, 1), {"idx": torch.tensor(i)}) for i, img in enumerate(hwc)]  # channels-last views
+    images, _ = collate(items)
+    assert images.dtype == torch.float32 and images.is_contiguous()
+    each = torch.stack([F.to_dtype(image, torch.float32, scale=True) for image, _ in items])
+    assert torch.equal(images, each)
+    assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+
+
+def test_mixup_equals_the_rolled_formula_bit_for_bit() -> None:
+    from dfine_cli.data.transforms import _mixup
+
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    targets = [{"boxes": torch.zeros(1, 4), "labels": torch.tensor([i])} for i in range(4)]
+    mixed, _ = _mixup(images, targets, 0.37)
+    assert torch.equal(mixed, images * 0.37 + images.roll(shifts=1, dims=0) * (1.0 - 0.37))
 
 
 def test_mixup_blends_neighbours_and_merges_targets() -> None:

@@ -70,7 +70,7 @@ def _draw(dataset: CocoDetectionDataset, epochs: range) -> list[tuple[torch.Tens
         dataset.set_epoch(epoch)
         for i in range(len(dataset)):
             image, target = dataset[i]
-            samples.append((image, target["boxes"]))
+            samples.append((image.float() / 255, target["boxes"]))  # as collate converts
     return samples
 
 

@@ -61,14 +61,18 @@ HEAD_NODES = ["/model/decoder/dec_score_head.2/MatMul", "/model/decoder/dec_bbox
               "/model/decoder/MatMul", "/model/decoder/MatMul_2"]
 OTHER_DECODER_NODES = ["/model/decoder/layers.0/self_attn/MatMul", "/model/decoder/layers.1/linear1/MatMul",
                        "/model/decoder/query_pos_head/layers.0/MatMul", "/model/decoder/MatMul_2/extra"]
+FPN_NODES = ["/model/encoder/lateral_convs.0/fused/Conv", "/model/encoder/fpn_blocks.0/cv1_lateral.1/Conv",
+             "/model/encoder/fpn_blocks.1/cv4/fused/Conv/WithoutBiases", "/model/encoder/fpn_blocks.0/Resize"]
 ENCODER_NODES = ["/model/backbone/stages.0/blocks.0/layers.0/conv/Conv", "/model/encoder/input_proj.0/conv/Conv",
-                 "/model/encoder/encoder.0/layers.0/self_attn/MatMul"]
+                 "/model/encoder/encoder.0/layers.0/self_attn/MatMul",
+                 "/model/encoder/pan_blocks.0/cv4/fused/Conv", "/model/encoder/downsample_convs.0/cv1/Conv"]
 
 
 @pytest.mark.parametrize(
     ("scope", "kept"),
     [
         ("none", []),
+        ("fpn", FPN_NODES),
         ("sampling", SAMPLING_NODES),
         ("heads", HEAD_NODES),
         ("sampling+heads", SAMPLING_NODES + HEAD_NODES),
@@ -76,7 +80,7 @@ ENCODER_NODES = ["/model/backbone/stages.0/blocks.0/layers.0/conv/Conv", "/model
     ],
 )
 def test_each_scope_keeps_exactly_its_nodes_float(scope, kept):
-    every = SAMPLING_NODES + HEAD_NODES + OTHER_DECODER_NODES + ENCODER_NODES
+    every = SAMPLING_NODES + HEAD_NODES + OTHER_DECODER_NODES + FPN_NODES + ENCODER_NODES
     assert [n for n in every if kept_float(n, scope)] == kept
 
 

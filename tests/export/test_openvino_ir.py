@@ -46,6 +46,17 @@ def test_cli_writes_checked_ir_with_metadata(ckpt, tmp_path):
     assert model.get_rt_info(["dfine", "precision"]).astype(str) == "fp32"
     assert [p.get_any_name() for p in model.outputs] == ["labels", "boxes", "scores"]
     assert model.input("images").get_partial_shape()[0].get_length() == 1
+    # the INT8 scopes select nodes by these names: each finds convolutions or matrix products
+    from dfine_cli.export.int8 import IGNORED_SCOPES, kept_float
+
+    weighted = [op.get_friendly_name() for op in model.get_ordered_ops()
+                if op.get_type_name() in ("Convolution", "MatMul")]
+    for scope in IGNORED_SCOPES:
+        if scope != "none":
+            assert any(kept_float(name, scope) for name in weighted), scope
+    fpn = [name for name in weighted if kept_float(name, "fpn")]
+    assert any("/fpn_blocks.0/cv4/" in name for name in fpn), fpn
+    assert not any("/pan_blocks." in name or "/backbone/" in name for name in fpn)
 
 
 def test_failed_check_writes_nothing(ckpt, tmp_path, monkeypatch):
@@ -86,3 +97,34 @@ def test_bad_options_are_usage_errors(ckpt, tmp_path):
         det = Detector.from_checkpoint(ckpt)
         assert det.model is not None and det.info is not None
         export_openvino(det.model, det.info, tmp_path / "m.bin", img_size=(IMG, IMG))
+
+
+def test_int8_scope_option(ckpt, tmp_path, monkeypatch):
+    from dfine_cli.export import openvino_ir
+
+    images = tmp_path / "calib"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(images / "a.jpg")
+    for args, message in [
+        (["--int8-scope", "none"], "with --int8 only"),
+        (["--int8", "--data", str(images), "--int8-scope", "everything"], "unknown --int8-scope"),
+    ]:
+        res = _cli("export", str(ckpt), "--format", "openvino", *args)
+        assert res.exit_code == 2 and message in res.output, res.output
+    res = _cli("export", str(ckpt), "--format", "onnx", "--int8-scope", "none")
+    assert res.exit_code == 2 and "--format openvino only" in res.output
+
+    seen = []
+
+    def fake_export(model, info, out, **kwargs):
+        seen.append(kwargs["int8"].scope)
+        raise ExportError("stopped after the options")
+
+    monkeypatch.setattr(openvino_ir, "export_openvino", fake_export)
+    for args, scope in [([], "fpn"), (["--int8-scope", "sampling+heads"], "sampling+heads")]:
+        res = _cli("export", str(ckpt), "--format", "openvino", "--int8", "--data", str(images),
+                   "--output", str(tmp_path / "q.xml"), *args)
+        assert res.exit_code == 5, res.output
+        assert seen[-1] == scope

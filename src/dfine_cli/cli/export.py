@@ -34,6 +34,7 @@ def export(
     keep_fp32: Annotated[list[str] | None, typer.Option("--keep-fp32", help="Engine with --fp16: module path (glob) to keep in FP32, e.g. 'decoder.dec_bbox_head.*'; repeatable.")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="OpenVINO or engine: INT8 post-training quantization (OpenVINO: NNCF; engine: entropy-calibrated Q/DQ), calibrated on --data images.")] = False,
     calib_images: Annotated[int | None, typer.Option("--calib-images", min=1, help="--int8: number of calibration images.", show_default=str(DEFAULT_CALIB_IMAGES))] = None,
+    int8_scope: Annotated[str | None, typer.Option("--int8-scope", help="OpenVINO --int8: the parts left in floating point: fpn (default, chosen by measurement; docs/deploy.md), none, sampling, heads, sampling+heads or decoder.", show_default="fpn")] = None,
     data: OptionalData = None,
     json_out: Json = False,
     verbose: Verbose = False,
@@ -51,6 +52,7 @@ def export(
         dynamic_batch=dynamic_batch, simplify=simplify, fp16=fp16, workspace_gb=workspace,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         keep_fp32=tuple(keep_fp32 or ()), int8=int8, calib_images=calib_images, data=data,
+        int8_scope=int8_scope,
     )
     render_export(export_weights(weights, options), engine=options.format == "engine", json_out=json_out)
 

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dfine_cli.data.dataset import CocoDetectionDataset
-from dfine_cli.data.transforms import EvalTransforms
+from dfine_cli.data.transforms import EvalTransforms, collate
 from dfine_cli.engine.evaluator import BACKENDS, CocoEvaluator, EvalResult
 from dfine_cli.errors import DataError, UsageError
 from dfine_cli.progress import Progress
@@ -47,7 +47,8 @@ class EvalSplit:
 
 
 def eval_collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+    """A float32 batch in [0, 1] and the targets (:func:`~dfine_cli.data.transforms.collate`)."""
+    return collate(batch)
 
 
 def make_eval_split(images_dir: Path, annotation_file: Path, img_size: int) -> EvalSplit:

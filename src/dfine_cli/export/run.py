@@ -53,6 +53,7 @@ class ExportOptions:
     int8: bool = False
     calib_images: int | None = None
     data: Path | None = None
+    int8_scope: str | None = None
 
 
 def check_export_options(source: Path, options: ExportOptions) -> None:
@@ -62,6 +63,16 @@ def check_export_options(source: Path, options: ExportOptions) -> None:
         raise UsageError(f"unknown export format {fmt!r}; one of {', '.join(EXPORT_FORMATS)}")
     int8_options = {"--int8": options.int8, "--calib-images": options.calib_images is not None,
                     "--data": options.data is not None}
+    if options.int8_scope is not None:
+        if fmt != "openvino":
+            raise UsageError("--int8-scope applies to --format openvino only")
+        if not options.int8:
+            raise UsageError("--int8-scope applies with --int8 only")
+        from dfine_cli.export.int8 import IGNORED_SCOPES
+
+        if options.int8_scope not in IGNORED_SCOPES:
+            raise UsageError(f"unknown --int8-scope {options.int8_scope!r}; one of "
+                             f"{', '.join(IGNORED_SCOPES)}")
     if fmt == "onnx" and (used := [flag for flag, given in int8_options.items() if given]):
         raise UsageError(f"{', '.join(used)} apply to --format openvino or engine only")
     if fmt == "engine":
@@ -155,11 +166,12 @@ def export_weights(source: str | Path, options: ExportOptions) -> Any:
 
         int8 = None
         if options.int8:
-            from dfine_cli.export.int8 import calibration_images
+            from dfine_cli.export.int8 import DEFAULT_SCOPE, calibration_images
 
             assert options.data is not None  # checked above
             count = options.calib_images or DEFAULT_CALIB_IMAGES
-            int8 = Int8Options(calibration_images(options.data, count), subset_size=count)
+            int8 = Int8Options(calibration_images(options.data, count), subset_size=count,
+                               scope=options.int8_scope or DEFAULT_SCOPE)
         return export_openvino(model, info, out, img_size=size, opset=options.opset,
                                dynamic_batch=options.dynamic_batch, check=options.check, int8=int8)
     from dfine_cli.export.onnx import export_onnx

@@ -331,8 +331,17 @@ class DFineDecoder(nn.Module):
             )
         split = list(dn.meta.num_split)
 
+        # Under torch.compile the parts are copies: graph outputs that are views of one
+        # split tensor make AOT autograd rebuild them with the sizes of another batch's
+        # denoising groups (torch 2.14, dynamic shapes); eager keeps the views.
+        copy = torch.compiler.is_compiling()
+
+        def split_parts(t: Tensor) -> tuple[Tensor, ...]:
+            parts = t.split(split, dim=1)
+            return tuple(p.clone() for p in parts) if copy else parts
+
         def cut(h: HeadOutput) -> tuple[HeadOutput, HeadOutput]:
-            parts = [t.split(split, dim=1) if t is not None else (None, None) for t in
+            parts = [split_parts(t) if t is not None else (None, None) for t in
                      (h.logits, h.boxes, h.corners, h.ref_points)]
             return (
                 HeadOutput(parts[0][0], parts[1][0], parts[2][0], parts[3][0]),  # type: ignore[arg-type]

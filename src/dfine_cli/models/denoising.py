@@ -26,6 +26,10 @@ class DenoisingQueries:
     meta: DenoisingMeta
 
 
+# Runs eagerly under torch.compile: its random draws are sized by the batch's target count,
+# which changes every batch (dynamo cannot draw random tensors of a symbolic size), and it is
+# cheap next to the network.
+@torch.compiler.disable
 def make_denoising_queries(
     targets: list[dict[str, Tensor]],
     num_classes: int,

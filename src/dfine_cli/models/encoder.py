@@ -142,7 +142,13 @@ class RepNCSPELAN4(nn.Module):
         self.cv1_low: nn.ModuleList | None = None
         self.cv1_lateral: nn.ModuleList | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lateral: Tensor | None = None) -> Tensor:
+        """``x``: the block's input; or, with ``lateral`` (after :meth:`split_input`), the
+        low-resolution map whose 2x upsampling comes first in the input (see
+        :meth:`forward_upsampled`). Called through the module either way, so that exported
+        node names keep the block's path."""
+        if lateral is not None:
+            return self.forward_upsampled(x, lateral)
         if self.cv1_halves is not None:
             a, b = (half(x) for half in self.cv1_halves)
         else:
@@ -311,7 +317,7 @@ class HybridEncoder(nn.Module):
             inner[0] = high
             block = cast(RepNCSPELAN4, self.fpn_blocks[step])
             if block.cv1_low is not None:
-                inner.insert(0, block.forward_upsampled(high, proj[idx - 1]))
+                inner.insert(0, block(high, lateral=proj[idx - 1]))
                 continue
             up = F.interpolate(high, scale_factor=2.0, mode="nearest")
             inner.insert(0, block(torch.cat([up, proj[idx - 1]], dim=1)))
