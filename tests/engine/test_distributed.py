@@ -234,3 +234,15 @@ def test_signal_handlers_are_put_back_after_a_launch():
         signal.signal(signal.SIGTERM, agent_handler)
     assert signal.getsignal(signal.SIGINT) is before
     assert signal.getsignal(signal.SIGTERM) is not agent_handler
+
+
+def test_a_signal_that_stops_the_agent_is_an_interrupt_or_a_termination():
+    import signal
+
+    from dfine_cli.engine.distributed import _signal_stop
+    from dfine_cli.errors import Terminated
+
+    assert isinstance(_signal_stop(signal.SIGINT), KeyboardInterrupt)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        stop = _signal_stop(sig)
+        assert isinstance(stop, Terminated) and sig.name in str(stop)

@@ -49,6 +49,7 @@ from dfine_cli.errors import (
     DependencyError,
     DfineError,
     HardwareError,
+    Terminated,
     TrainingError,
     UsageError,
 )
@@ -342,6 +343,7 @@ def _last_checkpoint(place: Placement, own: TrainConfig) -> str:
 
 def launch(cfg: TrainConfig, options: LaunchOptions, verbose: bool = False) -> dict[str, Any]:
     """Start the workers with torchelastic and wait; returns rank 0's result."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -396,7 +398,18 @@ def launch(cfg: TrainConfig, options: LaunchOptions, verbose: bool = False) -> d
         raise _child_failure(exc, cfg) from None
     except RendezvousError as exc:
         raise _rendezvous_failure(exc, endpoint, options) from None
+    except SignalException as exc:  # the agent stopped its workers on a signal to this process
+        raise _signal_stop(exc.sigval) from None
     return dict(results.get(0) or next(iter(results.values())))
+
+
+def _signal_stop(sigval: int) -> BaseException:
+    """What a signal that stopped the agent means here: Ctrl-C (SIGINT) is an interrupt, any
+    other (SIGTERM, SIGHUP, SIGQUIT) a termination; the CLI exits 130 or 143, as one process
+    does."""
+    if sigval == signal.SIGINT:
+        return KeyboardInterrupt()
+    return Terminated(f"terminated by {signal.Signals(sigval).name}")
 
 
 #: The signals whose handlers torchelastic's agent replaces and does not put back.
