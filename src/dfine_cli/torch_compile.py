@@ -1,8 +1,8 @@
 """``--compile``: run a model through ``torch.compile`` where the target device supports it.
 
 Off by default. On the 2-core CPU here a compiled D-FINE-N training step (640, batch 4) takes
-0.77x the eager step and 0.76x its CPU time, with a lower peak RSS (2.2 against 2.9 GiB;
-``benchmarks/bench_train_step.py --compare-compile``), but compiling costs about 3 minutes
+0.70-0.77x the eager step and 0.73-0.76x its CPU time in two runs, with a lower peak RSS
+(2.0-2.2 against 2.7-2.9 GiB; ``benchmarks/bench_train_step.py --compare-compile``), but compiling costs about 3 minutes
 before the first step and again for every new input shape or mode (evaluation), which short
 runs never win back; and it needs a compiler. What it needs:
 
