@@ -2,9 +2,9 @@
 
 Off by default. On the 2-core CPU here a compiled D-FINE-N training step (640, batch 4) takes
 0.70-0.77x the eager step and 0.73-0.76x its CPU time in two runs, with a lower peak RSS
-(2.0-2.2 against 2.7-2.9 GiB; ``benchmarks/bench_train_step.py --compare-compile``), but compiling costs about 3 minutes
-before the first step and again for every new input shape or mode (evaluation), which short
-runs never win back; and it needs a compiler. What it needs:
+(2.0-2.2 against 2.7-2.9 GiB; ``benchmarks/bench_train_step.py --compare-compile``), but
+compiling costs about 3 minutes before the first step and again for every new input shape or
+mode (evaluation), which short runs never win back; and it needs a compiler. What it needs:
 
 - a device torch's inductor backend generates code for: ``cpu`` or ``cuda``;
 - on the CPU, a C++ compiler (``$CXX``, else ``g++``, ``c++`` or ``clang++`` on ``PATH``);

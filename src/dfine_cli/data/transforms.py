@@ -281,8 +281,8 @@ class DetectionPipeline(ABC, _EpochAware):
     Input: ``tv_tensors.Image`` ``uint8 [3, H, W]`` and a target with ``boxes``
     (``BoundingBoxes`` in pixels), ``labels`` ``int64 [N]`` and optionally ``idx`` (the
     dataset index, used for seeding). Output: ``uint8 [3, S, S]`` (:func:`collate` makes a
-    batch of them ``float32`` in ``[0, 1]``) and a target whose ``boxes`` are a ``float32 [N, 4]`` tensor, ``cxcywh`` normalised to ``[0, 1]``; other
-    keys pass through.
+    batch of them ``float32`` in ``[0, 1]``) and a target whose ``boxes`` are a
+    ``float32 [N, 4]`` tensor, ``cxcywh`` normalised to ``[0, 1]``; other keys pass through.
     """
 
     @abstractmethod

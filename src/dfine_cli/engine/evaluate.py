@@ -46,11 +46,6 @@ class EvalSplit:
     annotation_file: Path
 
 
-def eval_collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """A float32 batch in [0, 1] and the targets (:func:`~dfine_cli.data.transforms.collate`)."""
-    return collate(batch)
-
-
 def make_eval_split(images_dir: Path, annotation_file: Path, img_size: int) -> EvalSplit:
     """The split the trainer validates on: images resized to ``img_size`` square."""
     dataset = CocoDetectionDataset(images_dir, annotation_file, transforms=EvalTransforms(img_size))
@@ -61,7 +56,7 @@ def eval_loader(
     dataset: Dataset[Any], batch_size: int, workers: int, sampler: Any = None
 ) -> DataLoader[Any]:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
-                      num_workers=workers, collate_fn=eval_collate,
+                      num_workers=workers, collate_fn=collate,
                       persistent_workers=False)
 
 

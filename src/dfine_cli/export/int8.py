@@ -21,8 +21,8 @@ demo model (D-FINE-N from ``dfine demo``, 8.46 AP on 24 val images), quantizing 
 lost 1.58 AP, and keeping the decoder's sampling and heads, or the whole decoder, float did
 not help (-1.65, -1.68): the loss comes from the encoder. Keeping parts of the encoder float
 located it: keeping only the top-down path float recovers it (-0.27); keeping only the
-bottom-up path, the attention layer or the backbone float does not (-1.10, -1.89, -1.38). On a BCCD model (16.62 AP, 87 val images) every
-scope lost about 0.4 AP (``fpn`` -0.42). ``fpn`` costs about 10% of the model time against
+bottom-up path, the attention layer or the backbone float does not (-1.10, -1.89, -1.38).
+On a BCCD model (16.62 AP, 87 val images) every scope lost about 0.4 AP (``fpn`` -0.42). ``fpn`` costs about 10% of the model time against
 ``none`` and is faster than ``sampling+heads``; OpenVINO BF16, which on this CPU (AVX-512
 BF16, no AMX) is slower than FP32, lost 0.61 and 1.36 AP on the same two models.
 """
@@ -82,15 +82,21 @@ DEFAULT_SCOPE = "fpn"
 INT8_AP_TOLERANCE = 0.015
 
 
+def scope_patterns(scope: str, name: str = "INT8 scope") -> list[str]:
+    """The node-name patterns ``scope`` leaves in floating point; an unknown scope is a
+    :class:`UsageError` naming it as ``name`` (the option it came from) and the valid ones."""
+    if scope not in IGNORED_SCOPES:
+        raise UsageError(f"unknown {name} {scope!r}; one of {', '.join(IGNORED_SCOPES)}")
+    return IGNORED_SCOPES[scope]
+
+
 def kept_float(node_name: str, scope: str) -> bool:
     """Whether ``scope`` leaves the OpenVINO node ``node_name`` in floating point.
 
     Matches the way NNCF applies ``IgnoredScope.patterns`` (``re.match``: anchored at the
     start of the name only).
     """
-    if scope not in IGNORED_SCOPES:
-        raise UsageError(f"unknown INT8 scope {scope!r}; one of {', '.join(IGNORED_SCOPES)}")
-    return any(re.match(pattern, node_name) for pattern in IGNORED_SCOPES[scope])
+    return any(re.match(pattern, node_name) for pattern in scope_patterns(scope))
 
 
 def calibration_images(data: str | Path, count: int, seed: int = 0) -> list[Path]:
@@ -143,15 +149,13 @@ def quantize_openvino(
     """
     ov = require("openvino", "openvino")
     nncf = require("nncf", "int8")
-    if scope not in IGNORED_SCOPES:
-        raise UsageError(f"unknown INT8 scope {scope!r}; one of {', '.join(IGNORED_SCOPES)}")
+    patterns = scope_patterns(scope)
     if not images:
         raise DataError("INT8 quantization needs calibration images")
     if not log.isEnabledFor(logging.DEBUG):
         nncf.set_log_level(logging.WARNING)  # its per-node INFO lines are not for users
     model = ov.Core().read_model(str(fp32_xml))
     items = list(_calibration_items(images, img_size))
-    patterns = IGNORED_SCOPES[scope]
     ignored = nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None
     start = time.perf_counter()
     try:

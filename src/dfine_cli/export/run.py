@@ -68,11 +68,9 @@ def check_export_options(source: Path, options: ExportOptions) -> None:
             raise UsageError("--int8-scope applies to --format openvino only")
         if not options.int8:
             raise UsageError("--int8-scope applies with --int8 only")
-        from dfine_cli.export.int8 import IGNORED_SCOPES
+        from dfine_cli.export.int8 import scope_patterns
 
-        if options.int8_scope not in IGNORED_SCOPES:
-            raise UsageError(f"unknown --int8-scope {options.int8_scope!r}; one of "
-                             f"{', '.join(IGNORED_SCOPES)}")
+        scope_patterns(options.int8_scope, "--int8-scope")
     if fmt == "onnx" and (used := [flag for flag, given in int8_options.items() if given]):
         raise UsageError(f"{', '.join(used)} apply to --format openvino or engine only")
     if fmt == "engine":
