@@ -119,3 +119,26 @@ def test_an_unreadable_file_is_skipped_like_a_corrupt_one(detector, tmp_path, mo
     assert [e.error for e in summary.errors] == [
         f"cannot read image (permission denied): {src / 'locked.jpg'}"
     ]
+
+
+def test_inputs_with_the_same_name_keep_separate_outputs(detector, tmp_path):
+    """``a/clip.avi`` and ``b/clip.avi`` (or ``a/x.jpg`` and ``b/x.jpg``) must not overwrite
+    each other's annotated copy."""
+    src = tmp_path / "src"
+    for folder, frames in (("a", 2), ("b", 3)):
+        (src / folder).mkdir(parents=True)
+        _write_video(src / folder / "clip.avi", frames=frames)
+        write_jpeg(src / folder / "x.jpg", h=48, w=64)
+    out = tmp_path / "out"
+    summary = run_prediction(detector, src, out)
+    assert (summary.images, summary.videos, summary.frames) == (2, 2, 5)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "clip.mp4", "clip_2.mp4", "predictions.json", "x.jpg", "x_2.jpg"]
+    import cv2
+
+    counts = []
+    for name in ("clip.mp4", "clip_2.mp4"):
+        cap = cv2.VideoCapture(str(out / name))
+        counts.append(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        cap.release()
+    assert sorted(counts) == [2, 3]

@@ -178,6 +178,21 @@ def test_predictions_on_an_http_video(http_folder, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["clip.jsonl", "clip.mp4", "predictions.json"]
 
 
+def test_a_stream_never_overwrites_an_earlier_streams_video(http_folder, tmp_path):
+    """The annotated video takes the stem of its records: ``cam_2.mp4`` beside ``cam_2.jsonl``."""
+    from dfine_cli.predict import run_prediction
+
+    base, folder = http_folder
+    write_mp4(folder / "cam.mp4", frames=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cam.mp4").write_bytes(b"an earlier run's video")
+    run_prediction(CountingDetector(), f"{base}/cam.mp4", out)  # type: ignore[arg-type]
+    assert (out / "cam.mp4").read_bytes() == b"an earlier run's video"
+    assert sorted(p.name for p in out.iterdir()) == ["cam.mp4", "cam_2.jsonl", "cam_2.mp4", "predictions.json"]
+    assert len(_jsonl(out / "cam_2.jsonl")) == 3
+
+
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

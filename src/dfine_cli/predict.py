@@ -115,15 +115,18 @@ def predict_images(
     save: bool = True,
     progress: Progress | None = None,
     errors: list[InputError] | None = None,
+    used: set[str] | None = None,
 ) -> Iterator[Detections]:
     """Predict on image files batch by batch; annotated copies go to ``output_dir``.
 
     With ``errors`` (a list), images that cannot be read are logged, appended to it and
-    skipped; without it the first one raises :class:`DataError`.
+    skipped; without it the first one raises :class:`DataError`. ``used``: output names
+    already taken in this run (shared with the videos); two inputs with the same file name
+    get ``name.jpg`` and ``name_2.jpg``.
     """
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     iterator: Iterable[list[Path]] = progress(batches, "predict", len(batches)) if progress else batches
-    used: set[str] = set()
+    used = set() if used is None else used
     for batch in iterator:
         readable: list[tuple[Path, np.ndarray]] = []
         for path in batch:
@@ -151,11 +154,13 @@ def predict_video(
     *,
     track: bool = False,
     progress: Progress | None = None,
+    name: str | None = None,
 ) -> Iterator[tuple[int, Detections]]:
     """Predict frame by frame; the annotated video is written atomically (mp4v).
 
     ``path``: a video file, or a stream as text (a webcam index or a URL, see
-    :mod:`dfine_cli.streams`). ``track``: give detections ByteTrack ids
+    :mod:`dfine_cli.streams`). ``name``: the annotated video's file stem (default: the
+    source's). ``track``: give detections ByteTrack ids
     (:mod:`dfine_cli.tracking`); the tracker also sees detections below ``conf``, down to
     :data:`~dfine_cli.tracking.TRACK_LOW_SCORE`, but only those passing ``conf`` are
     yielded. On a stream the first Ctrl-C ends it like its end: the video written so far is
@@ -174,7 +179,7 @@ def predict_video(
     if track:
         tracker = ByteTracker(frame_rate=source.info.fps, new_track_conf=keep.min_conf)
     seen = keep.with_floor(TRACK_LOW_SCORE) if tracker is not None else keep
-    target = output_dir / f"{source.stem}.mp4"
+    target = output_dir / f"{name or source.stem}.mp4"
     try:
         # Without --save nothing is written (not even an empty video file).
         with (atomic_path(target) if save else contextlib.nullcontext(target)) as tmp, \
@@ -249,16 +254,18 @@ def run_prediction(
     if track and sources.images:
         log.info("tracking applies to videos and streams; %d image(s) get no track ids",
                  len(sources.images))
+    used: set[str] = set()  # output names taken in this run: no input overwrites another's
     for det in predict_images(detector, sources.images, output_dir, keep, batch_size, save,
-                              progress, errors=errors):
+                              progress, errors=errors, used=used):
         summary.records.append(det.to_dict())
         summary.images += 1
         summary.detections += len(det)
     for video in videos:
         sink = _StreamSink(output_dir, str(video)) if video in streams else None
+        stem = sink.stem if sink is not None else Path(_unique_name(Path(video), used, ".mp4")).stem
         try:
             for index, det in predict_video(detector, video, output_dir, keep, save,
-                                            track=track, progress=progress):
+                                            track=track, progress=progress, name=stem):
                 record = det.to_dict()
                 record["frame"] = index
                 if sink is not None:
@@ -290,19 +297,20 @@ class _StreamSink:
     """Appends a stream's records to ``<stem>.jsonl``, one line per frame, flushed at once.
 
     The file is opened at the first record (a stream that cannot be opened leaves none)
-    and never rewritten; an existing file of that name gets the next free one.
+    and never rewritten. ``stem`` is the first of ``name``, ``name_2``, ... for which
+    neither ``.jsonl`` nor ``.mp4`` exists, so an earlier stream's records and video in the
+    same folder are kept, and the annotated video (``<stem>.mp4``) pairs with its records.
     """
 
     def __init__(self, output_dir: Path, source: str) -> None:
         from dfine_cli.streams import redact, stream_stem
 
-        stem = stream_stem(source)
-        path = output_dir / f"{stem}.jsonl"
-        n = 2
-        while path.exists():
-            path = output_dir / f"{stem}_{n}.jsonl"
-            n += 1
-        self.written = StreamRecords(source=redact(source), path=path)
+        base = stream_stem(source)
+        stem, n = base, 2
+        while any((output_dir / f"{stem}{suffix}").exists() for suffix in (".jsonl", ".mp4")):
+            stem, n = f"{base}_{n}", n + 1
+        self.stem = stem
+        self.written = StreamRecords(source=redact(source), path=output_dir / f"{stem}.jsonl")
         self._fh: Any = None
 
     def write(self, record: dict[str, Any]) -> None:

@@ -158,3 +158,28 @@ def test_unknown_recipes_are_usage_errors() -> None:
         official_recipe("yolo", "s")
     with pytest.raises(UsageError, match="unknown augmentation settings"):
         build_recipe("dfine", "s", None, 640, {"mixup": 0.3}).augment  # noqa: B018
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_every_parameter_gets_the_official_lr_and_weight_decay(size: str) -> None:
+    """The real parameter groups (:func:`build_param_groups` over the real model) against
+    the official regular expressions, parameter by parameter, for both recipes."""
+    from dfine_cli.engine.optim import build_param_groups
+    from dfine_cli.models.build import build_model
+
+    model = build_model(size, num_classes=80)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for name in VARIANTS:
+        cfg = official(name, size)
+        recipe = official_recipe(name, size)
+        given = {names[id(p)]: (g["lr"], g["weight_decay"])
+                 for g in build_param_groups(model, recipe.optim) for p in g["params"]}
+        assert len(given) == len([p for p in model.parameters() if p.requires_grad])
+        wrong = []
+        for param, got in given.items():
+            expected = official_groups(cfg["optimizer"], param)
+            if (name, size) in INTENT_OVER_REGEX and param.startswith("backbone.") and ".bn." in param:
+                expected = (expected[0], 0.0)  # the shadowed norm group (see the test above)
+            if got != pytest.approx(expected):
+                wrong.append(f"{param}: {got} vs official {expected}")
+        assert not wrong, f"{name}-{size}: {len(wrong)} differ, e.g. {wrong[:3]}"

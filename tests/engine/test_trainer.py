@@ -82,6 +82,42 @@ def test_resume_reproduces_uninterrupted_run(tiny_data, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_resume_of_a_run_saved_with_the_earlier_parameter_groups_is_bit_exact(tiny_data, tmp_path):
+    """A ``last.pth`` from a dfine version whose groups gave ``in_proj_bias`` weight decay
+    (its optimizer state has that layout and no parameter names) resumes: every moment is
+    matched to its parameter by name, and the run ends where an uninterrupted one does."""
+    from dfine_cli.engine.optim import build_param_groups, group_param_names
+    from dfine_cli.engine.recipes import build_recipe
+    from dfine_cli.models.build import build_model
+
+    full = train(tiny_config(tiny_data, tmp_path / "full"))
+    train(tiny_config(tiny_data, tmp_path / "part", epochs=1))
+    path = tmp_path / "part" / "last.pth"
+    payload = torch.load(path, weights_only=True)
+    training = payload["training"]
+    names = training.pop("optimizer_param_names")
+    model = build_model("n", num_classes=3)
+    optim = build_recipe("dfine", "n", 2, 320).optim
+    legacy = group_param_names(model, build_param_groups(model, optim, suffix_bias=False))
+    assert [len(g) for g in legacy] != [len(g) for g in names]  # the layouts really differ
+    flat_new = [n for g in names for n in g]
+    flat_old = [n for g in legacy for n in g]
+    old_state = {flat_old.index(flat_new[i]): moments for i, moments in training["optimizer"]["state"].items()}
+    groups, start = [], 0
+    saved_groups = {g["name"]: g for g in training["optimizer"]["param_groups"]}
+    for group, members in zip(build_param_groups(model, optim, suffix_bias=False), legacy):
+        settings = {k: v for k, v in saved_groups[group["name"]].items() if k != "params"}
+        groups.append({**settings, "params": list(range(start, start + len(members)))})
+        start += len(members)
+    training["optimizer"] = {"state": old_state, "param_groups": groups}
+    torch.save(payload, path)
+    resumed = Trainer(tiny_config(tiny_data, tmp_path / "ignored", epochs=2,
+                                  resume=str(tmp_path / "part"))).fit()
+    a, b = _weights(full.last_checkpoint), _weights(resumed.last_checkpoint)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_resume_mid_epoch_from_step_checkpoint(tiny_data, tmp_path):
     full = train(tiny_config(tiny_data, tmp_path / "full", epochs=1, batch_size=2))
     cfg = tiny_config(tiny_data, tmp_path / "part", epochs=1, batch_size=2, save_every_steps=2)

@@ -44,12 +44,14 @@ class OptimRecipe:
     betas: tuple[float, float] = (0.9, 0.999)
 
 
-def parameter_roles(model: nn.Module) -> dict[str, tuple[str, str]]:
+def parameter_roles(model: nn.Module, *, suffix_bias: bool = True) -> dict[str, tuple[str, str]]:
     """Map every trainable parameter name to ``(part, role)``.
 
     ``part`` is the top-level child (``backbone``, ``encoder``, ``decoder``); ``role`` is
-    ``norm`` (a normalisation layer's parameter), ``bias`` (another layer's bias) or
-    ``weight``.
+    ``norm`` (a normalisation layer's parameter), ``bias`` (another layer's bias, including
+    ``nn.MultiheadAttention``'s ``in_proj_bias``, which the official regular expressions
+    also match by name) or ``weight``. ``suffix_bias=False`` gives the roles of dfine
+    versions before that (``in_proj_bias`` as a weight), to read their optimizer states.
     """
     roles: dict[str, tuple[str, str]] = {}
     for module_name, module in model.named_modules():
@@ -60,7 +62,7 @@ def parameter_roles(model: nn.Module) -> dict[str, tuple[str, str]]:
             part = full.split(".", 1)[0]
             if isinstance(module, NORM_TYPES):
                 role = "norm"
-            elif pname == "bias":
+            elif pname == "bias" or (suffix_bias and pname.endswith("_bias")):  # in_proj_bias
                 role = "bias"
             else:
                 role = "weight"
@@ -69,12 +71,15 @@ def parameter_roles(model: nn.Module) -> dict[str, tuple[str, str]]:
 
 
 def build_param_groups(
-    model: nn.Module, recipe: OptimRecipe, lr_scale: float = 1.0
+    model: nn.Module, recipe: OptimRecipe, lr_scale: float = 1.0, *, suffix_bias: bool = True
 ) -> list[dict[str, Any]]:
-    """AdamW parameter groups (each with ``name``, ``lr``, ``weight_decay``)."""
+    """AdamW parameter groups (each with ``name``, ``lr``, ``weight_decay``).
+
+    ``suffix_bias``: see :func:`parameter_roles` (``False`` only to read old optimizer states).
+    """
     params = dict(model.named_parameters())
     buckets: dict[tuple[str, float, float], list[Tensor]] = {}
-    for name, (part, role) in parameter_roles(model).items():
+    for name, (part, role) in parameter_roles(model, suffix_bias=suffix_bias).items():
         lr, wd = recipe.lr, recipe.weight_decay
         if part == "backbone":
             if role == "norm":
@@ -156,6 +161,39 @@ def build_optimizer(
     return torch.optim.AdamW(
         param_groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None
     )
+
+
+def group_param_names(model: nn.Module, groups: list[dict[str, Any]]) -> list[list[str]]:
+    """The parameter names of each of ``groups`` (an optimizer's ``param_groups`` or
+    :func:`build_param_groups`' result), in order: what a saved optimizer state's indices mean."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in group["params"]] for group in groups]
+
+
+def remap_optimizer_state(
+    state: dict[str, Any], saved_names: list[list[str]], current: torch.optim.Optimizer,
+    current_names: list[list[str]],
+) -> dict[str, Any]:
+    """``state`` (an optimizer ``state_dict`` whose groups held ``saved_names``) re-indexed
+    for ``current``, whose groups hold ``current_names``: each parameter keeps its own
+    moments wherever its group is now; group settings are the current ones (the schedule
+    sets the learning rate before every step). Unchanged when the layouts agree.
+
+    Raises :class:`ValueError` when the two layouts do not hold the same parameters.
+    """
+    if saved_names == current_names:
+        return state
+    flat_saved = [n for group in saved_names for n in group]
+    flat_current = [n for group in current_names for n in group]
+    if sorted(flat_saved) != sorted(flat_current):
+        missing = sorted(set(flat_current) - set(flat_saved))[:3]
+        extra = sorted(set(flat_saved) - set(flat_current))[:3]
+        raise ValueError(f"the saved optimizer state holds other parameters (missing {missing}, extra {extra})")
+    saved_index = {n: i for i, n in enumerate(flat_saved)}
+    moments = state["state"]
+    remapped = {j: moments[saved_index[n]] for j, n in enumerate(flat_current) if saved_index[n] in moments}
+    groups = current.state_dict()["param_groups"]  # current settings, indices in current order
+    return {"state": remapped, "param_groups": groups}
 
 
 def apply_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

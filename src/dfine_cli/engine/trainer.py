@@ -45,7 +45,9 @@ from dfine_cli.engine.optim import (
     apply_lr,
     build_optimizer,
     build_param_groups,
+    group_param_names,
     lr_factor,
+    remap_optimizer_state,
 )
 from dfine_cli.engine.recipes import Recipe, build_recipe
 from dfine_cli.engine.run_files import RunFiles, RunFolder, claim_new_run, claim_resumed_run
@@ -362,6 +364,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
+            "optimizer_param_names": group_param_names(self.model, self.optimizer.param_groups),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
             "best_metric": self.best_metric, "best_epoch": self.best_epoch,
@@ -379,7 +382,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(self._optimizer_state(state))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"])
@@ -396,6 +399,23 @@ class Trainer:
         self.stage1_best_epoch = int(state.get("stage1_best_epoch", -1))
         self.stage2_reloads = int(state.get("stage2_reloads", 0))
         log.info("resuming at epoch %d, step %d", self.start_epoch + 1, self.skip_batches)
+
+    def _optimizer_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The saved optimizer state of a training ``state``, in this optimizer's group layout.
+
+        The layout changes when a dfine version regroups parameters (a state saved without
+        names has the layout before ``in_proj_bias`` lost its weight decay); every
+        parameter's moments are matched by name, so such a run resumes.
+        """
+        current = group_param_names(self.model, self.optimizer.param_groups)
+        saved = state.get("optimizer_param_names")
+        if saved is None:
+            legacy = build_param_groups(self.model, self.recipe.optim, self.cfg.lr_scale, suffix_bias=False)
+            saved = group_param_names(self.model, legacy)
+        try:
+            return remap_optimizer_state(state["optimizer"], saved, self.optimizer, current)
+        except ValueError as exc:
+            raise CheckpointError(f"cannot resume the optimizer: {exc}") from exc
 
     # -- two-stage policy (engine/stages.py) -------------------------------------------------
     def _snapshot(self) -> dict[str, Any]:
@@ -425,7 +445,8 @@ class Trainer:
             log.warning("%s is not readable on every node: stage 2 continues without reloads", path)
             return
         state = read_checkpoint(path).training or {}
-        self.stage1_best = {k: state.get(k) for k in ("model", "ema", "optimizer", "scaler")}
+        self.stage1_best = {k: state.get(k) for k in ("model", "ema", "scaler")}
+        self.stage1_best["optimizer"] = self._optimizer_state(state)
 
     def _reload_stage1_best(self, reason: str) -> None:
         snap = self.stage1_best
