@@ -69,7 +69,7 @@ def weights_convert(
     verbose: Verbose = False,
 ) -> None:
     """Write our checkpoint format from any supported checkpoint."""
-    from dfine_cli.checkpoint_convert import convert_checkpoint
+    from dfine_cli.checkpoints.convert import convert_checkpoint
 
     info = convert_checkpoint(weights, dst, variant=variant.value if variant else None,
                               names=names, img_size=img_size_option(img_size))
