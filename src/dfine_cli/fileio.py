@@ -62,7 +62,7 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
             dir=target.parent,
         )
     except OSError as exc:
-        _raise_write_error(exc, target)
+        _raise_write_error(exc, target, creating=True)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates 0600; give the output the permissions a plain open() would.
@@ -110,13 +110,19 @@ def _owner_tag() -> str:
     return f"{host}-{os.getpid()}"
 
 
-def _raise_write_error(exc: BaseException, target: Path, tmp: Path | None = None) -> NoReturn:
+def _raise_write_error(exc: BaseException, target: Path, tmp: Path | None = None, *,
+                       creating: bool = False) -> NoReturn:
     """Raise an OS failure while writing ``target`` as a FileSystemError naming the file.
 
     That is ``target`` unless the error names another file than the temporary one (a writer
     reading an input, say). Errors that are not OS failures are raised unchanged, and so is
-    ``FileNotFoundError`` (a missing input, mapped where it is reported).
+    ``FileNotFoundError`` (a missing input, mapped where it is reported), except while
+    ``creating`` the output's folder or temporary file: there nothing but the output is
+    involved (e.g. a folder under ``/proc``), so it is a file system error naming ``target``.
     """
+    if creating and isinstance(exc, FileNotFoundError):
+        raise FileSystemError(f"cannot create (the location does not accept new files): {target}",
+                              errno.ENOENT) from exc
     if isinstance(exc, (DfineError, FileNotFoundError)):
         raise exc
     named = getattr(exc, "filename", None)
@@ -240,7 +246,7 @@ def next_run_dir(command: str, name: str | None = None, root: str | os.PathLike[
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        _raise_write_error(exc, parent)
+        _raise_write_error(exc, parent, creating=True)
     index = 1
     while True:
         candidate = parent / (base if index == 1 else f"{base}{index}")
@@ -250,7 +256,7 @@ def next_run_dir(command: str, name: str | None = None, root: str | os.PathLike[
         except FileExistsError:
             index += 1
         except OSError as exc:
-            _raise_write_error(exc, candidate)
+            _raise_write_error(exc, candidate, creating=True)
 
 
 @contextlib.contextmanager
@@ -273,7 +279,7 @@ def run_dir(
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            _raise_write_error(exc, folder)
+            _raise_write_error(exc, folder, creating=True)
     else:
         folder, created = next_run_dir(command, name, root), True
     try:

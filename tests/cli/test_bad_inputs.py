@@ -140,6 +140,30 @@ def test_predict_output_is_a_file(ckpt, tmp_path):
     _one_error(dfine("predict", ckpt, image, "--output", tmp_path / "out"), 8, "a file, not a folder")
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_output_where_no_file_can_be_created_is_a_file_system_error(ckpt, tmp_path):
+    """``/proc`` exists but refuses new entries with ENOENT: that is about the output, not a
+    missing input, so exit 8 naming the output (not exit 3 naming a temporary file)."""
+    image = write_jpeg(tmp_path / "a.jpg")
+    _one_error(dfine("predict", ckpt, image, "--output", "/proc/dfine-out"), 8,
+               "file system error: cannot create (the location does not accept new files): /proc/dfine-out")
+    _one_error(dfine("export", ckpt, "--output", "/proc/dfine.onnx", "--no-check"), 8,
+               "cannot create (the location does not accept new files): /proc/dfine.onnx")
+
+
+def test_broken_checkpoints_get_one_short_line(ckpt, tmp_path):
+    """A truncated checkpoint and a JSON file: the cause in one sentence, not torch's advice."""
+    truncated = tmp_path / "cut.pth"
+    truncated.write_bytes(ckpt.read_bytes()[:1000])
+    other = tmp_path / "meta.json"
+    other.write_text('{"images": 5}')
+    for path, cause in ((truncated, "is not a readable PyTorch file (truncated or corrupt?)"),
+                        (other, "is not a PyTorch file (no readable pickled tensor data)")):
+        result = dfine("info", path)
+        _one_error(result, 4, f"not a dfine/D-FINE checkpoint: {path} {cause}")
+        assert "weights_only" not in result.stderr and "miniz" not in result.stderr
+
+
 # -- files that are no model ---------------------------------------------------------------------
 def _not_models(folder: Path) -> dict[str, Path]:
     files = {"text.pth": b"hello\n", "empty.pth": b"", "empty.onnx": b"",

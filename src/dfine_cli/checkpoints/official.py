@@ -54,7 +54,7 @@ def torch_load(path: Path) -> Any:
                 "weights, and loading it could run code"
             ) from exc
         raise CheckpointError(
-            f"{NOT_A_CHECKPOINT}: {path} is not a PyTorch file (unreadable pickle data: {exc})"
+            f"{NOT_A_CHECKPOINT}: {path} is not a PyTorch file (no readable pickled tensor data)"
         ) from exc
     except OSError as exc:
         if exc.errno is not None:
@@ -68,8 +68,12 @@ def torch_load(path: Path) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
+    """``Type: first sentence`` of an exception (torch appends long advice after it)."""
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    first = text.splitlines()[0].split(". ", 1)[0].rstrip(".")
+    return f"{type(exc).__name__}: {first[:160]}"
 
 
 def as_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:

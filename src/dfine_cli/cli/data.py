@@ -184,14 +184,16 @@ class SourceFormat(str, Enum):
 def convert(
     source: Annotated[
         Path,
-        typer.Argument(help="YOLO data.yaml or dataset folder; VOC root or folder of XML files."),
+        typer.Argument(metavar="SOURCE",
+                       help="YOLO data.yaml or dataset folder; VOC root or folder of XML files."),
     ],
     source_format: Annotated[
         SourceFormat, typer.Option("--from", help="Source annotation format.")
     ],
     out_dir: Annotated[
         Path | None,
-        typer.Argument(help="--from yolo with a data.yaml: folder for every split's COCO JSON and a "
+        typer.Argument(metavar="OUT_DIR",
+                       help="--from yolo with a data.yaml: folder for every split's COCO JSON and a "
                        "data.yaml that 'dfine train --data' takes as is."),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="COCO JSON file to write (one split).")] = None,
@@ -274,7 +276,7 @@ def _convert_yolo_dataset(source: Path, out_dir: Path, source_format: SourceForm
 
 
 DataArgument = Annotated[
-    Path, typer.Argument(help="Dataset folder, dataset YAML, or a COCO .json (with --images).")
+    Path, typer.Argument(metavar="DATA", help="Dataset folder, dataset YAML, or a COCO .json (with --images).")
 ]
 SplitOption = Annotated[
     str | None, typer.Option(help="Only this split (default: every split found).")
@@ -408,7 +410,7 @@ def stats(
 def synth(
     out: Annotated[
         Path,
-        typer.Argument(help="Output folder (images/{train,val}, annotations/instances_*.json)."),
+        typer.Argument(metavar="OUT", help="Output folder (images/{train,val}, annotations/instances_*.json)."),
     ],
     images: Annotated[
         int, typer.Option("--images", help="Number of images (80% train, 20% val).")

@@ -34,10 +34,12 @@ def root(
 ) -> None:
     """D-FINE / DEIM object detection: train, evaluate, export, benchmark, predict.
 
-    Exit codes: 0 success, 1 internal error, 2 usage, 3 data (also: some inputs of a
-    prediction failed), 4 model/checkpoint, 5 export, 6 missing dependency or hardware,
-    7 training stopped, 8 file system (disk full, read-only, permission denied),
-    130 interrupted (Ctrl-C), 141 stdout closed by its reader, 143 terminated (SIGTERM).
+    Exit codes: 0 success, 1 internal error, 2 usage,
+    3 data (also: some inputs of a prediction failed), 4 model/checkpoint,
+    5 export, 6 missing dependency or hardware, 7 training stopped,
+    8 file system (disk full, read-only, permission denied),
+    130 interrupted (Ctrl-C), 141 stdout closed by its reader,
+    143 terminated (SIGTERM).
     """
     set_verbose(verbose)
 

@@ -86,7 +86,7 @@ def export_openvino(
         remove_stale_temps(output.parent, output.name)  # left by a killed export
         workdir = temp_dir_beside(output)
     except OSError as exc:
-        _raise_write_error(exc, output)
+        _raise_write_error(exc, output, creating=True)
     try:
         onnx_path = workdir / "model.onnx"
         report = export_onnx(model, info, onnx_path, img_size=img_size, opset=opset,
