@@ -196,25 +196,14 @@ def _keyed_checkpoint(reference: Path, size: str, work_dir: Path) -> str:
 def _official_detector(repo: Path, size: str, weights: str, img_size: int) -> object:
     """The official deploy model of ``size`` (its COCO config, ``weights`` loaded strictly),
     wrapped as a torch backend so that it is timed exactly like ours."""
-    import sys
-    import types
+    from official_repo import official_package
 
     from dfine_cli.backends.base import BackendMeta
     from dfine_cli.backends.torch_backend import TorchBackend
     from dfine_cli.checkpoints import ModelInfo
     from dfine_cli.detector import Detector
 
-    # the official package imports these at load time; neither is used by its deploy model
-    for name, attr in (("torch.utils.tensorboard", "SummaryWriter"), ("calflops", "calculate_flops")):
-        if name not in sys.modules:
-            stub = types.ModuleType(name)
-            setattr(stub, attr, None)
-            sys.modules[name] = stub
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    from src.core import YAMLConfig  # type: ignore[import-not-found]
-
-    cfg = YAMLConfig(str(repo / "configs" / "dfine" / f"dfine_hgnetv2_{size}_coco.yml"),
+    cfg = official_package(repo).core.YAMLConfig(str(repo / "configs" / "dfine" / f"dfine_hgnetv2_{size}_coco.yml"),
                      HGNetv2={"pretrained": False})
     state = torch.load(weights, map_location="cpu", weights_only=True)["model"]
     cfg.model.load_state_dict(state)

@@ -10,8 +10,9 @@ relative distance of the two weight sets.
 
 Training is chaotic: a rounding difference grows step by step (a discrete Hungarian
 assignment or top-k query choice flips, and the runs part). So the script also runs two
-control pairs of the official step against itself: one run on a single thread (other
-reduction orders, so rounding differs at every step, as between two implementations), and
+control pairs of the official step against itself: one run on another thread count (1, or
+2 with ``--threads 1``: other reduction orders, so rounding differs at every step, as
+between two implementations), and
 one with the initial weights perturbed by ``--eps`` (relative). An implementation whose
 distance to the official run grows like the controls' differs from it only by rounding; a
 wrong recipe part (learning rate, weight decay, a loss term) shows as a jump at the first
@@ -35,21 +36,7 @@ from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as F
-
-
-def _official_module(repo: Path) -> Any:
-    # the official package imports these at load time; none is used by a training step
-    for name, attr in (("torch.utils.tensorboard", "SummaryWriter"),
-                       ("calflops", "calculate_flops"), ("wandb", "init")):
-        if name not in sys.modules:
-            stub = types.ModuleType(name)
-            setattr(stub, attr, None)
-            sys.modules[name] = stub
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    import src  # type: ignore[import-not-found]
-
-    return src
+from official_repo import official_package
 
 
 class OfficialRun:
@@ -57,7 +44,7 @@ class OfficialRun:
 
     def __init__(self, repo: Path, size: str, num_classes: int, state: dict[str, torch.Tensor],
                  warmup: int) -> None:
-        src = _official_module(repo)
+        src = official_package(repo)
         cfg = src.core.YAMLConfig(str(repo / "configs" / "dfine" / "custom" / f"dfine_hgnetv2_{size}_custom.yml"),
                                   HGNetv2={"pretrained": False}, num_classes=num_classes,
                                   DFINETransformer={"num_denoising": 0})
@@ -175,7 +162,7 @@ def main() -> None:
 
     batches, num_classes = _batches(args.data, args.steps, args.batch, args.img_size)
     torch.manual_seed(0)
-    src = _official_module(args.official)
+    src = official_package(args.official)
     init_cfg = src.core.YAMLConfig(
         str(args.official / "configs" / "dfine" / "custom" / f"dfine_hgnetv2_{args.size}_custom.yml"),
         HGNetv2={"pretrained": False}, num_classes=num_classes, DFINETransformer={"num_denoising": 1})
@@ -184,11 +171,13 @@ def main() -> None:
     def official(weights: dict[str, torch.Tensor]) -> OfficialRun:
         return OfficialRun(args.official, args.size, num_classes, weights, args.warmup)
 
+    other_threads = 1 if args.threads > 1 else 2  # another reduction order: rounding differs
     # (A, threads of A, B, threads of B): A is always the official step on --threads
     pairs = {
         "dfine": (official(state), args.threads,
                   DfineRun(args.size, num_classes, state, args.warmup, 12, args.img_size), args.threads),
-        "control: official on 1 thread": (official(state), args.threads, official(state), 1),
+        f"control: official on {other_threads} thread(s)": (official(state), args.threads, official(state),
+                                                             other_threads),
         f"control: official, weights +{args.eps:g} relative": (
             official(state), args.threads, official(_perturbed(state, args.eps)), args.threads),
     }
