@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,16 +40,18 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
 
 
 def _launch(entry, args, nproc: int = 2):
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from dfine_cli.engine.distributed import _free_port, signal_handlers_restored
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="t",
-                          rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
-                          rdzv_configs={"rank": 0}, max_restarts=0, monitor_interval=0.2,
-                          start_method="spawn")
-    with signal_handlers_restored():  # the agent's handlers must not outlive the launch
-        return elastic_launch(config, entry)(*args)
+    with tempfile.TemporaryDirectory(prefix="dfine-test-launch-") as logs:  # no torchelastic_* left
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="t",
+                              rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+                              rdzv_configs={"rank": 0}, max_restarts=0, monitor_interval=0.2,
+                              start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=logs))
+        with signal_handlers_restored():  # the agent's handlers must not outlive the launch
+            return elastic_launch(config, entry)(*args)
 
 
 def param_checksum_worker(cfg_dict):
@@ -162,8 +165,16 @@ def _start_training(data: Path, out: Path, *extra: str) -> subprocess.Popen[str]
            "--img-size", "320", "--batch-size", "4", "--workers", "0", "--device", "cpu",
            "--output", str(out), "--nproc-per-node", "2", "--set", "save_every_steps=1",
            "--set", "num_denoising=20", "--no-pretrained", "--json", *extra]
+    temp = out.parent / "temp"  # the launcher's temporary files, checked by the callers
+    temp.mkdir(exist_ok=True)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "NO_COLOR": "1"})
+                            env={**os.environ, "NO_COLOR": "1", "TMPDIR": str(temp)})
+
+
+def _left_in_temp(out: Path) -> list[str]:
+    """What the launcher left in its temporary folder: the agent's logs and the error files of
+    killed workers must be gone (torch's compile cache, ``torchinductor_<user>``, is meant to stay)."""
+    return sorted(p.name for p in (out.parent / "temp").iterdir() if not p.name.startswith("torchinductor_"))
 
 
 def _wait_for_checkpoint(path: Path, proc: subprocess.Popen[str], timeout: float = 400) -> None:
@@ -189,6 +200,7 @@ def test_killed_worker_without_restarts_fails_in_bounded_time(data, tmp_path):
     assert time.time() - killed_at < 30 + 120
     assert "rank" in err and "failed" in err
     assert read_checkpoint(out / "last.pth").training is not None
+    assert _left_in_temp(out) == []
     for w in workers:
         assert not Path(f"/proc/{w}").exists() or "zombie" in Path(f"/proc/{w}/status").read_text().lower()
 
@@ -205,6 +217,7 @@ def test_killed_worker_with_restart_resumes_and_completes(data, tmp_path):
     assert summary["epochs_run"] == 3
     assert "resuming" in err
     assert read_checkpoint(out / "last.pth").training["epoch"] == 3
+    assert _left_in_temp(out) == []
 
 
 def test_external_torchrun_runs_each_process_as_a_worker(data, tmp_path):

@@ -171,6 +171,7 @@ def fetch_worker(base_url: str, home: str, names: list[str]) -> dict[str, object
 
 def test_two_processes_download_once_and_share_failures(server, tmp_path):
     """Under torchrun, local rank 0 downloads while rank 1 waits; a failure reaches both."""
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from dfine_cli.engine.distributed import _free_port, signal_handlers_restored
@@ -181,7 +182,7 @@ def test_two_processes_download_once_and_share_failures(server, tmp_path):
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id="hub",
                           rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
                           rdzv_configs={"rank": 0}, max_restarts=0, monitor_interval=0.2,
-                          start_method="spawn")
+                          start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=str(tmp_path / "agent")))
     with signal_handlers_restored():  # the agent's handlers must not outlive the launch
         results = elastic_launch(config, fetch_worker)(server.base, str(tmp_path / "home"),
                                                        [B0.name, b2.name])

@@ -343,7 +343,7 @@ def _last_checkpoint(place: Placement, own: TrainConfig) -> str:
 
 def launch(cfg: TrainConfig, options: LaunchOptions, verbose: bool = False) -> dict[str, Any]:
     """Start the workers with torchelastic and wait; returns rank 0's result."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -384,7 +384,11 @@ def launch(cfg: TrainConfig, options: LaunchOptions, verbose: bool = False) -> d
                       "is_host": options.node_rank == 0},
         max_restarts=options.max_restarts, monitor_interval=0.5, start_method="spawn",
         local_addr=local_addr,
+        # The agent's per-worker error files go to a folder of ours, removed after the launch
+        # (by default each launch leaves a torchelastic_* folder in the temp directory).
+        logs_specs=DefaultLogsSpecs(log_dir=(agent_dir := tempfile.mkdtemp(prefix="dfine-launch-"))),
     )
+    previous_tempdir = tempfile.tempdir
     payload = cfg.to_dict() | {"_verbose": verbose}
     if not verbose:  # failures are rendered as one line below; the agent's report is for --verbose
         logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
@@ -392,6 +396,9 @@ def launch(cfg: TrainConfig, options: LaunchOptions, verbose: bool = False) -> d
     # node started again (restart count 0) and the survivors (count 1) then meet on clean keys.
     share = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if options.nnodes > 1 else {}
     try:
+        # torch.multiprocessing leaves a pytorch-errorfile-*.pickle in the temp directory for
+        # every worker that dies by a signal; while this process launches, that is our folder.
+        tempfile.tempdir = agent_dir
         with _environ(share), signal_handlers_restored():
             results = elastic_launch(config, run_worker)(payload, backend, options.timeout_s, node)
     except ChildFailedError as exc:
@@ -400,6 +407,9 @@ def launch(cfg: TrainConfig, options: LaunchOptions, verbose: bool = False) -> d
         raise _rendezvous_failure(exc, endpoint, options) from None
     except SignalException as exc:  # the agent stopped its workers on a signal to this process
         raise _signal_stop(exc.sigval) from None
+    finally:
+        tempfile.tempdir = previous_tempdir
+        shutil.rmtree(agent_dir, ignore_errors=True)
     return dict(results.get(0) or next(iter(results.values())))
 
 
