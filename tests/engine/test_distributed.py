@@ -225,7 +225,10 @@ def test_external_torchrun_runs_each_process_as_a_worker(data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "dfine_cli",
            "train", "--data", str(data), "--epochs", "1", "--img-size", "320", "--batch-size", "4",
            "--workers", "0", "--device", "cpu", "--output", str(out), "--set", "num_denoising=20", "--no-pretrained", "--json"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    temp = tmp_path / "temp"  # torchrun's own agent leaves a torchelastic_* folder there, not in /tmp
+    temp.mkdir()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "NO_COLOR": "1", "TMPDIR": str(temp)})
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["processes"] == 2
