@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torchvision.transforms.v2.functional as F
 from official_repo import official_package
+from torchvision.ops import box_convert
 
 
 class OfficialRun:
@@ -125,9 +126,7 @@ def _batches(data: str, steps: int, batch: int, img_size: int) -> tuple[list[Any
         for i in range(batch):
             image, target = dataset[(s * batch + i) % len(dataset)]
             h, w = image.shape[-2:]
-            xyxy = target["boxes"].float()
-            cxcywh = torch.stack([(xyxy[:, 0] + xyxy[:, 2]) / 2 / w, (xyxy[:, 1] + xyxy[:, 3]) / 2 / h,
-                                  (xyxy[:, 2] - xyxy[:, 0]) / w, (xyxy[:, 3] - xyxy[:, 1]) / h], dim=-1)
+            cxcywh = box_convert(target["boxes"].float(), "xyxy", "cxcywh") / torch.tensor([w, h, w, h])
             keep = (cxcywh[:, 2] > 0) & (cxcywh[:, 3] > 0)
             images.append(F.resize(image.float() / 255, [img_size, img_size], antialias=True))
             targets.append({"boxes": cxcywh[keep], "labels": target["labels"][keep]})

@@ -377,6 +377,9 @@ def launch(cfg: TrainConfig, options: LaunchOptions, verbose: bool = False) -> d
     # rendezvous round after a failure lets restarted workers build a fresh process group.
     # Node 0 (``--node-rank 0``) hosts the rendezvous store.
     rdzv_timeout = max(1, int(options.rdzv_timeout_s))
+    # The agent's per-worker logs and error files go to a folder of ours, removed after the
+    # launch (by default each launch leaves a torchelastic_* folder in the temp directory).
+    agent_dir = tempfile.mkdtemp(prefix="dfine-launch-")
     config = LaunchConfig(
         min_nodes=options.nnodes, max_nodes=options.nnodes, nproc_per_node=options.nproc_per_node,
         run_id=os.environ.get("DFINE_RUN_ID", "dfine"), rdzv_backend="c10d", rdzv_endpoint=endpoint,
@@ -384,9 +387,7 @@ def launch(cfg: TrainConfig, options: LaunchOptions, verbose: bool = False) -> d
                       "is_host": options.node_rank == 0},
         max_restarts=options.max_restarts, monitor_interval=0.5, start_method="spawn",
         local_addr=local_addr,
-        # The agent's per-worker error files go to a folder of ours, removed after the launch
-        # (by default each launch leaves a torchelastic_* folder in the temp directory).
-        logs_specs=DefaultLogsSpecs(log_dir=(agent_dir := tempfile.mkdtemp(prefix="dfine-launch-"))),
+        logs_specs=DefaultLogsSpecs(log_dir=agent_dir),
     )
     previous_tempdir = tempfile.tempdir
     payload = cfg.to_dict() | {"_verbose": verbose}
