@@ -209,7 +209,7 @@ class DFineDecoder(nn.Module):
             for _ in range(num_layers)
         )
         self._reset_parameters()
-        self._anchor_cache: dict[tuple[object, ...], tuple[Tensor, Tensor]] = {}
+        self._anchor_cache: dict[tuple[object, ...], tuple[Tensor, Tensor, Tensor]] = {}
         self._project_cache: Tensor | None = None
 
     def _reset_parameters(self) -> None:
@@ -259,14 +259,20 @@ class DFineDecoder(nn.Module):
                 self._project_cache = weighting_function(self.reg_max, self.up, self.reg_scale)
         return self._project_cache
 
-    def _anchors(self, shapes: list[tuple[int, int]], like: Tensor) -> tuple[Tensor, Tensor]:
+    def _anchors(self, shapes: list[tuple[int, int]], like: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(anchors, valid, invalid)``: ``invalid`` (indices of the cells outside the valid
+        range, for masking in place) only in inference, where everything is cached per shape."""
         if self.training or torch.jit.is_tracing():
-            return generate_anchors(shapes, device=like.device, dtype=like.dtype)
+            return (*generate_anchors(shapes, device=like.device, dtype=like.dtype), None)
         key = (tuple(shapes), like.device, like.dtype)
         cached = self._anchor_cache.get(key)
         if cached is None:
             with torch.inference_mode(False), torch.no_grad():
-                cached = generate_anchors(shapes, device=like.device, dtype=like.dtype)
+                anchors, valid = generate_anchors(shapes, device=like.device, dtype=like.dtype)
+                # Indices worked out on the CPU (any device, the meta device included).
+                cpu_valid = generate_anchors(shapes)[1]
+                invalid = (~cpu_valid[0, :, 0]).nonzero().flatten().to(like.device)
+            cached = (anchors, valid, invalid)
             self._anchor_cache[key] = cached
         return cached
 
@@ -292,8 +298,11 @@ class DFineDecoder(nn.Module):
             )
 
         # Query selection (encoder proposals)
-        anchors, valid = self._anchors(shapes, memory)
-        memory_masked = valid.to(memory.dtype) * memory
+        anchors, valid, invalid = self._anchors(shapes, memory)
+        if invalid is None or torch.compiler.is_compiling():
+            memory_masked = valid.to(memory.dtype) * memory
+        else:  # `memory` is this call's own concatenation: zero the few invalid cells in place
+            memory_masked = memory.index_fill_(1, invalid, 0.0)
         enc_memory = self.enc_output(memory_masked)
         enc_logits = self.enc_score_head(enc_memory)
         _, topk = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=-1)

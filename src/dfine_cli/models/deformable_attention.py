@@ -35,14 +35,18 @@ def deformable_sample(
         ``[B, Q, heads * head_dim]``.
     """
     b, q, heads, total, _ = locations.shape
-    grids = (2 * locations - 1).permute(0, 2, 1, 3, 4).flatten(0, 1)  # [B*heads, Q, P, 2]
-    per_level = grids.split(list(points_per_level), dim=-2)
-    sampled = [
-        F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-        for v, g, _ in zip(values, per_level, spatial_shapes)
-    ]  # each [B*heads, head_dim, Q, P_l]
-    w = weights.permute(0, 2, 1, 3).reshape(b * heads, 1, q, total)
-    out = (torch.cat(sampled, dim=-1) * w).sum(-1)  # [B*heads, head_dim, Q]
+    split = list(points_per_level)
+    # Points before queries: each level's samples come out as [B*heads, head_dim, P_l, Q], so
+    # the weighted sum over points adds whole rows of queries (a vectorised reduction over
+    # a middle dimension), instead of reducing a short innermost dimension of P_l values.
+    grids = (2 * locations - 1).permute(0, 2, 3, 1, 4).flatten(0, 1)  # [B*heads, P, Q, 2]
+    w = weights.permute(0, 2, 3, 1).reshape(b * heads, 1, total, q)
+    out: Tensor | None = None
+    for v, g, wl in zip(values, grids.split(split, dim=1), w.split(split, dim=2)):
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        part = (sampled * wl).sum(2)  # [B*heads, head_dim, Q]
+        out = part if out is None else out + part
+    assert out is not None
     return out.reshape(b, -1, q).permute(0, 2, 1)
 
 
