@@ -39,12 +39,6 @@ def test_runs_without_a_stage1_or_stage2_are_not_managed() -> None:
     assert not TwoStagePolicy("best", stage2_start=4, epochs=4).enabled
 
 
-def test_ema_decay_follows_the_official_restart_rule() -> None:
-    policy = TwoStagePolicy("best", stage2_start=3, epochs=6, restart_decay=0.9998)
-    assert policy.ema_decay_after(1) == pytest.approx(0.9998)
-    assert policy.ema_decay_after(3) == pytest.approx(0.9996)
-
-
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="stage2 must be one of"):
         TwoStagePolicy("sometimes", stage2_start=3, epochs=6)

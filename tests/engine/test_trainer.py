@@ -444,7 +444,8 @@ def test_stage2_best_starts_from_the_best_stage1_epoch_and_reloads_after_no_impr
         tiny_data, tmp_path, monkeypatch):
     record = _record_epoch_starts(monkeypatch)
     _ScriptedEval(STAGE2_AP).install(monkeypatch)
-    cfg = tiny_config(tiny_data, tmp_path / "run", epochs=4, augment={"policy_epochs": [2]})
+    cfg = tiny_config(tiny_data, tmp_path / "run", epochs=4, augment={"policy_epochs": [2]},
+                      ema_decay=0.995)
     result = Trainer(cfg).fit()
     starts, ends = record["starts"], record["ends"]
     # The first stage-2 epoch (index 2) starts from the end of epoch 1, the best stage-1 epoch,
@@ -459,7 +460,9 @@ def test_stage2_best_starts_from_the_best_stage1_epoch_and_reloads_after_no_impr
     assert result.best_epoch == 4
     last = read_checkpoint(tmp_path / "run" / "last.pth").training
     assert last["stage2_reloads"] == 2
-    assert last["ema"]["decay"] == pytest.approx(0.9999 - 1e-4)  # N's restart decay, lowered once
+    # The reloads leave the EMA decay as the run set it: the official solvers' assignments to
+    # ``ema.decay`` never reach their EMA's updates (engine/stages.py).
+    assert last["ema"]["decay"] == 0.995
 
 
 def test_stage2_continue_trains_straight_on(tiny_data, tmp_path, monkeypatch):

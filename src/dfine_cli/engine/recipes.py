@@ -5,16 +5,18 @@ The values are those of the official COCO configurations: D-FINE
 ``include/optimizer.yml``) and DEIM ``configs/deim_dfine/deim_hgnetv2_{size}_coco.yml`` (on top
 of the D-FINE file of the same size and ``base/deim.yml``). Every fact of a recipe is written
 once, here: optimizer groups, epochs, the augmentation policy (whose last epoch also stops the
-multi-scale batches and starts the no-augmentation tail), mixup, Mosaic, warm-up and the EMA
-restart. The pipelines read them through :class:`~dfine_cli.data.transforms.AugmentConfig` and
-:class:`~dfine_cli.engine.optim.OptimRecipe`, which hold no table of their own.
+multi-scale batches and starts the no-augmentation tail), mixup, Mosaic and warm-up. The
+pipelines read them through :class:`~dfine_cli.data.transforms.AugmentConfig` and
+:class:`~dfine_cli.engine.optim.OptimRecipe`, which hold no table of their own. The official
+files' ``ema_restart_decay`` has no counterpart: it never reaches the official EMA's updates
+(see :mod:`dfine_cli.engine.stages`).
 
 A run with another number of epochs uses :meth:`Recipe.scaled`: every epoch milestone is
 scaled in proportion (``round(epoch * epochs / official_epochs)``).
 
-Every number is the official one: DEIM-X inherits ``ema_restart_decay: 0.9998`` from the
-D-FINE-X file, DEIM-L/X backbone BatchNorm weights fall into the backbone learning-rate group
-(the official regular expression puts them there), and DEIM-N keeps ``lr_gamma: 1.0``.
+Every number is the official one: DEIM-L/X backbone BatchNorm weights fall into the backbone
+learning-rate group (the official regular expression puts them there), and DEIM-N keeps
+``lr_gamma: 1.0``.
 """
 
 from __future__ import annotations
@@ -64,7 +66,6 @@ class Recipe:
     flat_epoch: int = 0  # flatcosine: constant lr until this epoch
     min_lr_ratio: float = 0.5  # flatcosine: DEIM's lr_gamma
     warmup_iters: int = 500
-    ema_restart_decay: float = 0.9999
     img_size: int = DEFAULT_IMG_SIZE
     augment_overrides: tuple[tuple[str, Any], ...] = ()
 
@@ -168,7 +169,7 @@ def dfine_x() -> Recipe:
         name="dfine", size="x", epochs=80,
         optim=OptimRecipe(lr=2.5e-4, backbone_lr=2.5e-6, weight_decay=1.25e-4, backbone_norm_lr="base",
                           backbone_norm_decay=True, head_no_decay=frozenset({"norm"})),
-        policy_epochs=(72,), base_size_repeat=3, ema_restart_decay=0.9998,
+        policy_epochs=(72,), base_size_repeat=3,
     )
 
 
@@ -205,7 +206,6 @@ def _deim(
         policy_ops=(MOSAIC, PHOTOMETRIC_DISTORT, ZOOM_OUT, IOU_CROP),
         mosaic=DEIM_MOSAIC, mosaic_prob=0.5, mixup_prob=0.5, mixup_epochs=mixup_epochs,
         schedule_kind="flatcosine", flat_epoch=flat_epoch, min_lr_ratio=min_lr_ratio, warmup_iters=2000,
-        ema_restart_decay=dfine.ema_restart_decay,
     )
 
 

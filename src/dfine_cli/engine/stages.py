@@ -5,11 +5,16 @@ starts at the recipe's ``stop_epoch`` (the first epoch without augmentation, 0-b
 fine-tunes on clean images. With ``best`` (the official behaviour, our default):
 
 - at the start of stage 2 the run goes back to the stage-1 epoch with the best validation
-  metric (``best_stg1.pth``: model, EMA, optimizer and AMP scaler), and the EMA decay is set
-  to the recipe's ``ema_restart_decay``;
+  metric (``best_stg1.pth``: model, EMA, optimizer and AMP scaler);
 - after every stage-2 evaluation that does not beat the best metric so far, it goes back to
-  ``best_stg1.pth`` again and lowers the EMA decay by ``1e-4``, so the next attempt averages
-  over a shorter horizon.
+  ``best_stg1.pth`` again.
+
+The EMA keeps the run's decay throughout, which is what the official solvers do in effect:
+they assign ``ema_restart_decay`` at the stage-2 start and lower ``ema.decay`` by ``1e-4`` on
+each later reload, but their ``ModelEMA`` computes every update's decay from the value given
+to its constructor, so neither assignment changes an update. Published results were trained
+that way, and a long stage 2 with many reloads would otherwise average over an ever shorter
+horizon than theirs.
 
 The learning-rate schedule is a function of the global step and is not rewound: a reload
 restores weights and optimizer moments, never the step count. Selection uses the validation
@@ -38,15 +43,11 @@ class TwoStagePolicy:
         mode: ``"best"`` (reload as the official recipes do) or ``"continue"``.
         stage2_start: 0-based index of the first stage-2 epoch (the recipe's ``stop_epoch``).
         epochs: total number of epochs in the run.
-        restart_decay: EMA decay set when stage 2 starts (the recipe's ``ema_restart_decay``).
-        decay_step: how much each later reload lowers the EMA decay.
     """
 
     mode: str
     stage2_start: int
     epochs: int
-    restart_decay: float = 0.9999
-    decay_step: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.mode not in STAGE2_MODES:
@@ -78,7 +79,3 @@ class TwoStagePolicy:
         """
         return (self.enabled and have_stage1_best and evaluated and not improved
                 and self.in_stage2(epoch) and epoch + 1 < self.epochs)
-
-    def ema_decay_after(self, reloads: int) -> float:
-        """EMA decay to use after ``reloads`` reloads (the first is the stage-2 start)."""
-        return self.restart_decay - self.decay_step * max(0, reloads - 1)

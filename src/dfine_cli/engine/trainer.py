@@ -272,8 +272,7 @@ class Trainer:
         self.skipped_steps = 0
         self.epoch_sums: dict[str, float] = {}  # running loss sums of the epoch in progress
         self.epoch_count = 0  # optimizer steps they cover
-        self.stages = TwoStagePolicy(cfg.stage2, self.recipe.no_aug_start, self.recipe.epochs,
-                                     restart_decay=self.recipe.ema_restart_decay)
+        self.stages = TwoStagePolicy(cfg.stage2, self.recipe.no_aug_start, self.recipe.epochs)
         self.stage1_best: dict[str, Any] | None = None  # in memory on every rank (no shared disk needed)
         self.stage1_best_epoch = -1
         self.stage2_reloads = 0
@@ -458,10 +457,7 @@ class Trainer:
         if self.scaler is not None and snap.get("scaler"):
             self.scaler.load_state_dict(snap["scaler"])
         self.stage2_reloads += 1
-        if self.ema is not None:
-            self.ema.decay = self.stages.ema_decay_after(self.stage2_reloads)
-        log.info("%s: back to the best stage-1 state (epoch %d)%s", reason, self.stage1_best_epoch,
-                 f", EMA decay {self.ema.decay:.4f}" if self.ema is not None else "")
+        log.info("%s: back to the best stage-1 state (epoch %d)", reason, self.stage1_best_epoch)
 
     def save(self, name: str, epoch: int, step_in_epoch: int) -> Path:
         """Write ``name`` atomically (rank 0 only); returns its path.
