@@ -82,3 +82,22 @@ def test_stem_max_pool_exports_as_one_max_pool_node(tmp_path) -> None:
     torch.onnx.export(stem, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("MaxPool") == 1 and "Max" not in ops
+
+
+def test_stem_max_pool_matches_the_pooling_kernel_forward_and_backward() -> None:
+    """Both forms equal ``MaxPool2d(2, stride=1)``; with gradients the routing of ties is the
+    pooling kernel's (the whole gradient to one input), not an even split."""
+    import torch.nn.functional as F
+
+    from dfine_cli.models.backbone import _max_pool_2x2_stride1
+
+    x = torch.randn(2, 4, 9, 11).clamp_min(0.0)  # ReLU outputs: many exact ties at zero
+    x[0, 0, :2, :2] = 1.0  # one positive tie
+    with torch.no_grad():
+        torch.testing.assert_close(_max_pool_2x2_stride1(x), F.max_pool2d(x, 2, stride=1), rtol=0, atol=0)
+    ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(2, 4, 8, 10)
+    _max_pool_2x2_stride1(ours).backward(grad)
+    F.max_pool2d(ref, 2, stride=1).backward(grad)
+    assert ours.grad is not None and ref.grad is not None
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=0, atol=0)

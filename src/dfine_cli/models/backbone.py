@@ -118,11 +118,15 @@ class Stem(nn.Module):
 def _max_pool_2x2_stride1(x: Tensor) -> Tensor:
     """``MaxPool2d(2, stride=1)`` on an input padded by one row/column (same result).
 
-    Two element-wise maxima of shifted views; in eager PyTorch on CPUs several times faster
-    than the pooling kernel, which also computes indices. In an ONNX export it is one
-    MaxPool node, which ONNX Runtime and OpenVINO run faster than four strided slices.
+    Without gradients: two element-wise maxima of shifted views, in eager PyTorch on CPUs
+    several times faster than the pooling kernel, which also computes indices. With
+    gradients, the pooling kernel: its backward is one scatter, where the maxima's backward
+    splits ties and zero-fills a full-size gradient per slice (training step: 0.17 s against
+    0.09 s for ``[4, 16, 320, 320]`` on two cores), and it routes the gradient as the
+    official ``MaxPool2d`` does. In an ONNX export it is one MaxPool node, which ONNX Runtime
+    and OpenVINO run faster than four strided slices.
     """
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export() or (torch.is_grad_enabled() and x.requires_grad):
         return F.max_pool2d(x, 2, stride=1)
     rows = torch.maximum(x[..., :-1, :], x[..., 1:, :])
     return torch.maximum(rows[..., :-1], rows[..., 1:])
