@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,9 +37,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from dfine_cli.data.convert import _parse_xml, _voc_box
 from dfine_cli.data.dataset import read_image
 from dfine_cli.data.fast_augment import adjust_hue_uint8
 from dfine_cli.data.transforms import AugmentConfig, TrainTransforms
+from dfine_cli.errors import DataError
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd" / "BCCD" / "JPEGImages"
 
@@ -51,16 +52,11 @@ def log(message: str) -> None:
 
 
 def voc_boxes(image_path: Path) -> list[list[float]]:
-    """``xyxy`` boxes of the VOC annotation next to ``JPEGImages`` (none if it is missing)."""
-    xml = image_path.parent.parent / "Annotations" / (image_path.stem + ".xml")
-    if not xml.is_file():
-        return []
-    boxes = []
-    for obj in ET.parse(xml).getroot().iter("object"):
-        box = obj.find("bndbox")
-        if box is not None:
-            boxes.append([float(box.findtext(k, "0")) for k in ("xmin", "ymin", "xmax", "ymax")])
-    return boxes
+    """``xyxy`` boxes of the VOC annotation next to ``JPEGImages``, read as ``dfine data convert``
+    reads them (none if it is missing or unreadable)."""
+    root = _parse_xml(image_path.parent.parent / "Annotations" / (image_path.stem + ".xml"))
+    boxes = [_voc_box(obj) for obj in root.iter("object")] if root is not None else []
+    return [[x, y, x + w, y + h] for x, y, w, h in (b for b in boxes if b is not None)]
 
 
 def compare_kernels(paths: list[Path], img_size: int) -> list[tuple[str, float, float, float]]:
@@ -75,17 +71,20 @@ def compare_kernels(paths: list[Path], img_size: int) -> list[tuple[str, float, 
     }
     for zoom in (1.0, 2.0, 4.0):
         ops[f"zoom-out x{zoom:g} + resize {img_size}"] = _zoom_resize(zoom, img_size)
-    rows = []
-    for name, op in ops.items():
-        diffs, ratios, shifts = [], [], []
-        for path in paths:
-            pil = Image.open(path).convert("RGB")
-            ours, theirs = op(read_image(path).as_subclass(torch.Tensor), pil)
+    diffs: dict[str, list[float]] = {name: [] for name in ops}
+    ratios: dict[str, list[float]] = {name: [] for name in ops}
+    shifts: dict[str, list[float]] = {name: [] for name in ops}
+    for path in paths:
+        pil = Image.open(path).convert("RGB")
+        tensor = read_image(path).as_subclass(torch.Tensor)
+        for name, op in ops.items():
+            ours, theirs = op(tensor, pil)
             a, b = ours.float(), theirs.float()
-            diffs.append(float((a - b).abs().mean()))
-            ratios.append(float(a.std() / b.std()))
-            shifts.append(float(a.mean() - b.mean()))
-        rows.append((name, statistics.fmean(diffs), statistics.fmean(ratios), statistics.fmean(shifts)))
+            diffs[name].append(float((a - b).abs().mean()))
+            ratios[name].append(float(a.std() / b.std()))
+            shifts[name].append(float(a.mean() - b.mean()))
+    rows = [(name, statistics.fmean(diffs[name]), statistics.fmean(ratios[name]),
+             statistics.fmean(shifts[name])) for name in ops]
     return rows
 
 
@@ -102,42 +101,30 @@ def _zoom_resize(zoom: float, size: int) -> Callable[[torch.Tensor, Image.Image]
     return op
 
 
-class _IoUCropWithP(v2.RandomIoUCrop):
-    """The official ``RandomIoUCrop(p=0.8)``: torchvision's crop, skipped with probability 0.2."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, *inputs):  # type: ignore[no-untyped-def]
-        if torch.rand(1) >= self.p:
-            return inputs if len(inputs) > 1 else inputs[0]
-        return super().forward(*inputs)
-
-
 def pipeline_stats(paths: list[Path], img_size: int, draws: int, seed: int) -> dict[str, dict[str, float]]:
     """Sample statistics of the official transforms on PIL images and of ``TrainTransforms``."""
     official = v2.Compose([
-        v2.RandomPhotometricDistort(p=0.5), v2.RandomZoomOut(fill=0), _IoUCropWithP(0.8),
+        v2.RandomPhotometricDistort(p=0.5), v2.RandomZoomOut(fill=0),
+        v2.RandomApply([v2.RandomIoUCrop()], p=0.8),  # the official RandomIoUCrop(p=0.8)
         v2.SanitizeBoundingBoxes(min_size=1), v2.RandomHorizontalFlip(),
         v2.Resize([img_size, img_size]), v2.SanitizeBoundingBoxes(min_size=1),
     ])
     ours = TrainTransforms(AugmentConfig(img_size=img_size, policy_epochs=(1,), base_size_repeat=None))
     samples: dict[str, list[tuple[float, float, int]]] = {"official (PIL)": [], "dfine (tensor)": []}
+    inputs = []  # decoded once: (PIL image, tensor, xyxy boxes)
+    for path in paths:
+        boxes = torch.tensor(voc_boxes(path), dtype=torch.float32).reshape(-1, 4)
+        inputs.append((Image.open(path).convert("RGB"), read_image(path), boxes))
     torch.manual_seed(seed)
     for _ in range(draws):
-        for index, path in enumerate(paths):
-            boxes = voc_boxes(path)
+        for index, (pil, tensor, boxes) in enumerate(inputs):
             labels = torch.zeros(len(boxes), dtype=torch.int64)
-            pil = Image.open(path).convert("RGB")
-            target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes).reshape(-1, 4), format="XYXY",
-                                                        canvas_size=(pil.height, pil.width)), "labels": labels}
+            target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(pil.height, pil.width)),
+                      "labels": labels}
             image, out = official(pil, target)
             pixels = F.pil_to_tensor(image).float() / 255
             samples["official (PIL)"].append((float(pixels.mean()), float(pixels.std()), len(out["boxes"])))
-            tensor = read_image(path)
-            target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes).reshape(-1, 4), format="XYXY",
-                                                        canvas_size=tuple(tensor.shape[-2:])),
+            target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(tensor.shape[-2:])),
                       "labels": labels, "idx": torch.tensor(index)}
             image, out = ours(tensor, target)
             pixels = image.float() / 255
@@ -165,15 +152,20 @@ def main() -> int:
         return 3
     torch.set_num_threads(1)
     log(f"{len(paths)} images from {args.images_dir}")
-    print("kernel\tmean |diff| (grey levels)\tstd ratio\tmean diff (grey levels)")
-    for name, diff, ratio, shift in compare_kernels(paths, args.img_size):
-        print(f"{name}\t{diff:.3f}\t{ratio:.4f}\t{shift:+.3f}")
-    print()
-    print("seed\tpipeline\tmean pixel\tmean per-image std\tmedian per-image std\tboxes/image\tsamples")
-    for seed in args.seeds:
-        for name, s in pipeline_stats(paths, args.img_size, args.draws, seed).items():
-            print(f"{seed}\t{name}\t{s['mean_pixel']:.4f}\t{s['mean_std']:.4f}\t{s['median_std']:.4f}"
-                  f"\t{s['boxes']:.2f}\t{s['samples']}")
+    try:
+        kernels = compare_kernels(paths, args.img_size)
+        print("kernel\tmean |diff| (grey levels)\tstd ratio\tmean diff (grey levels)")
+        for name, diff, ratio, shift in kernels:
+            print(f"{name}\t{diff:.3f}\t{ratio:.4f}\t{shift:+.3f}")
+        print()
+        print("seed\tpipeline\tmean pixel\tmean per-image std\tmedian per-image std\tboxes/image\tsamples")
+        for seed in args.seeds:
+            for name, s in pipeline_stats(paths, args.img_size, args.draws, seed).items():
+                print(f"{seed}\t{name}\t{s['mean_pixel']:.4f}\t{s['mean_std']:.4f}\t{s['median_std']:.4f}"
+                      f"\t{s['boxes']:.2f}\t{s['samples']}")
+    except (DataError, OSError) as exc:  # an unreadable image (Pillow's errors are OSErrors)
+        log(f"error: {exc}")
+        return 3
     return 0
 
 

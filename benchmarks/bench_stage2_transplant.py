@@ -27,7 +27,6 @@ import importlib
 import io
 import json
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +39,14 @@ from official_repo import official_package
 from dfine_cli.checkpoints import read_checkpoint
 
 
-class _NoWriter:
-    """Stands in for TensorBoard's ``SummaryWriter`` where TensorBoard is not installed."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
 def log(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
 
 
-def zero_based_copy(src: Path, dst: Path) -> None:
-    """The COCO file with category ids shifted to 0..K-1 (the official labels are the ids)."""
+def zero_based_copy(src: Path, dst: Path) -> int:
+    """Write the COCO file with category ids shifted to 0..K-1 (the official labels are the
+    ids); returns K."""
     data = json.loads(src.read_text())
     low = min(c["id"] for c in data["categories"])
     for cat in data["categories"]:
@@ -64,6 +54,7 @@ def zero_based_copy(src: Path, dst: Path) -> None:
     for ann in data["annotations"]:
         ann["category_id"] -= low
     dst.write_text(json.dumps(data))
+    return len(data["categories"])
 
 
 def write_config(official: Path, out: Path, images: Path, num_classes: int) -> Path:
@@ -165,23 +156,13 @@ def main() -> int:
                         default=Path(__file__).resolve().parents[2] / "shared/data/bccd/BCCD/JPEGImages")
     parser.add_argument("--out", type=Path, default=Path("runs/stage2_transplant"))
     args = parser.parse_args()
-    for name in ("loguru",):  # imported by the official validator; unused by training
-        if name not in sys.modules:
-            stub = types.ModuleType(name)
-            stub.logger = types.SimpleNamespace(info=log, warning=log, error=log)  # type: ignore[attr-defined]
-            sys.modules[name] = stub
-    try:  # the official solver writes TensorBoard summaries into its output folder
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("torch.utils.tensorboard")
-        stub.SummaryWriter = _NoWriter  # type: ignore[attr-defined]
-        sys.modules["torch.utils.tensorboard"] = stub
-    try:  # the official solver prints the model's FLOPs when training starts
-        import calflops  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("calflops")
-        stub.calculate_flops = lambda **kwargs: ("-", "-", "-")  # type: ignore[attr-defined]
-        sys.modules["calflops"] = stub
+    needed = [args.official / "src" / "solver", args.work_dir / "train.json", args.work_dir / "val.json"]
+    needed += [run / name for run in args.runs for name in ("best_stg1.pth", "metrics.json", "config.yaml")]
+    missing = [str(path) for path in needed if not path.exists()]
+    if missing:
+        log(f"error: missing {', '.join(missing)} (an official checkout, bench_learning.py's work dir "
+            "and finished D-FINE runs with a stage 2 are needed)")
+        return 3
     pkg = official_package(args.official)
     for name in ("src.misc.dist_utils", "src.solver"):  # the seeding helper, the solvers
         importlib.import_module(name)
@@ -195,10 +176,8 @@ def main() -> int:
         final = history[-1]
         out = (args.out / run.name).resolve()
         out.mkdir(parents=True, exist_ok=True)
-        categories = 0
-        for split in ("train", "val"):
-            zero_based_copy(args.work_dir / f"{split}.json", out / f"{split}.json")
-            categories = len(json.loads((out / f"{split}.json").read_text())["categories"])
+        categories = zero_based_copy(args.work_dir / "train.json", out / "train.json")
+        zero_based_copy(args.work_dir / "val.json", out / "val.json")
         config = write_config(args.official.resolve(), out, args.images.resolve(), categories)
         (out / "log.txt").unlink(missing_ok=True)
         with contextlib.redirect_stdout(sys.stderr):  # the official solver's prints are logs
