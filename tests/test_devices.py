@@ -96,3 +96,34 @@ def test_onnxruntime_auto_needs_its_cuda_provider(one_gpu: None, monkeypatch: py
 
 def test_torch_backend_auto_matches_resolve_device(no_gpu: None) -> None:
     assert resolve_backend_device("torch", "auto") == resolve_device("auto") == torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- CPU features
+
+_X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+_X86_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+_ARM = "processor\t: 0\nFeatures\t: fp asimd bf16\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "native"), [(_X86_AVX2, False), (_X86_BF16, True), (_ARM, None)]
+)
+def test_cpu_bf16_native_reads_the_flags(tmp_path, text: str, native: bool | None) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(text)
+    assert devices.cpu_bf16_native(str(cpuinfo)) is native
+
+
+def test_cpu_bf16_native_is_unknown_without_cpuinfo(tmp_path) -> None:
+    assert devices.cpu_bf16_native(str(tmp_path / "absent")) is None
+
+
+def test_slow_bf16_note_only_for_a_cpu_without_bf16(tmp_path) -> None:
+    avx2, bf16 = tmp_path / "avx2", tmp_path / "bf16"
+    avx2.write_text(_X86_AVX2)
+    bf16.write_text(_X86_BF16)
+    note = devices.slow_bf16_note("cpu", str(avx2))
+    assert note is not None and "no bf16 arithmetic" in note
+    assert devices.slow_bf16_note("cuda", str(avx2)) is None
+    assert devices.slow_bf16_note("cpu", str(bf16)) is None
+    assert devices.slow_bf16_note("cpu", str(tmp_path / "absent")) is None

@@ -154,3 +154,44 @@ __all__ = [
     "resolve_device",
     "wants_cuda",
 ]
+
+
+# --------------------------------------------------------------------------- CPU features
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The ``flags`` of the first processor in a ``/proc/cpuinfo`` text (x86 Linux)."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_supports_bf16(flags: set[str]) -> bool:
+    """bf16 arithmetic in hardware: AVX-512 BF16 or AMX-BF16 (x86)."""
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def cpu_bf16_native(cpuinfo_path: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this x86 CPU computes bf16 in hardware; ``None`` where its flags are unknown
+    (no ``/proc/cpuinfo``, or a CPU that lists no x86 ``flags``, such as ARM)."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as handle:
+            flags = cpu_flags(handle.read())
+    except OSError:
+        return None
+    return cpu_supports_bf16(flags) if flags else None
+
+
+def slow_bf16_note(device: str, cpuinfo_path: str = "/proc/cpuinfo") -> str | None:
+    """A warning for bf16 work on a CPU without bf16 arithmetic, else ``None``.
+
+    Such a CPU converts to float32 around every operation: the results stay right but the work
+    runs several times slower than in float32 (D-FINE-N inference 5.7x slower on an AVX2 AMD
+    EPYC, ``docs/bench.md``).
+    """
+    if device != "cpu" or cpu_bf16_native(cpuinfo_path) is not False:
+        return None
+    return ("this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX): bf16 runs emulated, "
+            "several times slower than float32 here")
+

@@ -130,3 +130,16 @@ def test_bench_latency_table_and_usage_errors(ckpt, tmp_path):
     engine.write_bytes(b"x")
     res = run("bench", "latency", str(engine), "--backend", "tensorrt", "--device", "cuda")
     assert res.returncode == 6 and ("TensorRT" in res.stderr or "CUDA" in res.stderr)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_torch_bf16_on_a_cpu_without_bf16_warns(ckpt, tmp_path, monkeypatch, caplog, native):
+    from dfine_cli import devices
+    from dfine_cli.bench.latency import load_bench_detector
+
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda *a, **k: native)
+    caplog.set_level("WARNING", logger="dfine.bench.latency")
+    loaded = load_bench_detector(str(ckpt), backend="torch", precision="bf16", work_dir=tmp_path)
+    assert loaded.precision == "bf16"
+    warned = [r for r in caplog.records if "bf16 runs emulated" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)

@@ -487,3 +487,19 @@ def test_stage2_reload_survives_a_resume(tiny_data, tmp_path, monkeypatch):
     resumed = Trainer(tiny_config(tiny_data, tmp_path / "x", resume=str(tmp_path / "part"), **cfg)).fit()
     a, b = _weights(full.last_checkpoint), _weights(resumed.last_checkpoint)
     assert _same(a, b)
+
+
+@pytest.mark.parametrize("native", [False, True, None])
+def test_cpu_amp_warns_where_bf16_is_emulated(monkeypatch, caplog, native) -> None:
+    from dfine_cli import devices
+    from dfine_cli.engine import trainer as trainer_module
+
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda *a, **k: native)
+    caplog.set_level("WARNING", logger="dfine.train")
+    context, scaler = trainer_module._autocast(torch.device("cpu"), TrainConfig(data="d", amp=True))
+    assert scaler is None and isinstance(context, torch.autocast)
+    warned = [r.getMessage() for r in caplog.records if "bf16 runs emulated" in r.getMessage()]
+    assert len(warned) == (1 if native is False else 0)
+    caplog.clear()
+    trainer_module._autocast(torch.device("cpu"), TrainConfig(data="d", amp=False))
+    assert not caplog.records

@@ -33,6 +33,7 @@ from dfine_cli.backends import BACKENDS
 from dfine_cli.backends.torch_backend import TorchBackend
 from dfine_cli.detector import Detector, preprocess
 from dfine_cli.detector_options import DEFAULT_CONF
+from dfine_cli.devices import cpu_flags, cpu_supports_bf16, slow_bf16_note
 from dfine_cli.errors import UsageError
 from dfine_cli.image_size import DEFAULT_IMG_SIZE, check_img_size
 from dfine_cli.models.presets import SIZES
@@ -85,19 +86,6 @@ class Stats:
 
 
 # --------------------------------------------------------------------------- environment
-
-
-def cpu_flags(cpuinfo: str) -> set[str]:
-    """The ``flags`` of the first processor in a ``/proc/cpuinfo`` text."""
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_supports_bf16(flags: set[str]) -> bool:
-    """bf16 arithmetic in hardware: AVX-512 BF16 or AMX-BF16 (x86)."""
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 def cpu_description() -> dict[str, Any]:
@@ -231,6 +219,9 @@ def load_bench_detector(
     if backend == "torch":
         if precision != "fp32" and isinstance(det.backend, TorchBackend):
             det.backend.dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            note = slow_bf16_note(det.device.type) if precision == "bf16" else None
+            if note:
+                log.warning("%s", note)
         return LoadedBench(det, backend, precision, name)
     key = f"{name}@{det.img_size[0]}x{det.img_size[1]}"
     cache = onnx_cache if onnx_cache is not None else {}

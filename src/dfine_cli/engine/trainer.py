@@ -33,7 +33,7 @@ from dfine_cli.data.cocofile import resolve_dataset
 from dfine_cli.data.dataset import CocoDetectionDataset, loader_worker_init
 from dfine_cli.data.transforms import BatchCollator, TrainTransforms
 from dfine_cli.data.validate import check_before_training
-from dfine_cli.devices import resolve_device
+from dfine_cli.devices import resolve_device, slow_bf16_note
 from dfine_cli.engine.config import TrainConfig, validate
 from dfine_cli.engine.criterion import build_criterion
 from dfine_cli.engine.dataset_fingerprint import check_same_dataset
@@ -134,6 +134,9 @@ def _autocast(device: torch.device, cfg: TrainConfig) -> tuple[contextlib.Abstra
     if dtype_name == "fp16" and device.type != "cuda":
         raise UsageError("fp16 mixed precision needs CUDA; use --set amp_dtype=bf16 on CPU")
     dtype = torch.float16 if dtype_name == "fp16" else torch.bfloat16
+    note = slow_bf16_note(device.type) if dtype == torch.bfloat16 else None
+    if note:
+        log.warning("--amp: %s; train without --amp for speed", note)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return torch.autocast(device.type, dtype=dtype), scaler
 
