@@ -144,18 +144,6 @@ def resolve_backend_device(backend: str, device: str | torch.device | None) -> t
     return resolve_device(device)
 
 
-__all__ = [
-    "DEFAULT_DEVICE",
-    "DEVICE_HELP",
-    "DEVICE_OPTION_HELP",
-    "is_device_name",
-    "parse_device",
-    "resolve_backend_device",
-    "resolve_device",
-    "wants_cuda",
-]
-
-
 # --------------------------------------------------------------------------- CPU features
 
 
@@ -195,3 +183,18 @@ def slow_bf16_note(device: str, cpuinfo_path: str = "/proc/cpuinfo") -> str | No
     return ("this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX): bf16 runs emulated, "
             "several times slower than float32 here")
 
+
+__all__ = [
+    "DEFAULT_DEVICE",
+    "DEVICE_HELP",
+    "DEVICE_OPTION_HELP",
+    "cpu_bf16_native",
+    "cpu_flags",
+    "cpu_supports_bf16",
+    "is_device_name",
+    "parse_device",
+    "resolve_backend_device",
+    "resolve_device",
+    "slow_bf16_note",
+    "wants_cuda",
+]

@@ -219,8 +219,7 @@ def load_bench_detector(
     if backend == "torch":
         if precision != "fp32" and isinstance(det.backend, TorchBackend):
             det.backend.dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-            note = slow_bf16_note(det.device.type) if precision == "bf16" else None
-            if note:
+            if precision == "bf16" and (note := slow_bf16_note(det.device.type)):
                 log.warning("%s", note)
         return LoadedBench(det, backend, precision, name)
     key = f"{name}@{det.img_size[0]}x{det.img_size[1]}"

@@ -134,8 +134,7 @@ def _autocast(device: torch.device, cfg: TrainConfig) -> tuple[contextlib.Abstra
     if dtype_name == "fp16" and device.type != "cuda":
         raise UsageError("fp16 mixed precision needs CUDA; use --set amp_dtype=bf16 on CPU")
     dtype = torch.float16 if dtype_name == "fp16" else torch.bfloat16
-    note = slow_bf16_note(device.type) if dtype == torch.bfloat16 else None
-    if note:
+    if dtype == torch.bfloat16 and (note := slow_bf16_note(device.type)):
         log.warning("--amp: %s; train without --amp for speed", note)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return torch.autocast(device.type, dtype=dtype), scaler
