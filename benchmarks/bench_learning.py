@@ -9,6 +9,10 @@ D-FINE-N, 320x320, total batch 8, 12 epochs, CPU, AMP off. Each (recipe, seed) i
     python benchmarks/bench_learning.py --recipes dfine deim --seeds 0 1 2 --out learning.json
     python benchmarks/bench_learning.py --seeds 0 --epochs 2          # a quick smoke run
 
+``--unused-class`` adds a category that never occurs (id 0, ``background``) to both splits, so
+the model carries one class more than the data uses. That is the official run's configuration:
+its category ids are 1-3 and the official code needs ``num_classes`` 4 for them.
+
 Prints one line per epoch while it runs (stderr), then a table per recipe (stdout): the
 per-epoch val mAP50:95 of each seed, the final mAP50:95 and mAP50, and their mean, standard
 deviation and range over seeds. ``--out`` writes everything as one JSON object.
@@ -35,23 +39,48 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-def prepare_bccd(voc_root: Path, work: Path) -> Path:
+UNUSED_CATEGORY = {"id": 0, "name": "background", "supercategory": "none"}
+
+
+def with_unused_class(coco: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a COCO dict with ``UNUSED_CATEGORY`` first; images and annotations unchanged.
+
+    dfine orders classes by category id, so the new category becomes class 0 and every real
+    class moves up by one, as the official code's labels do when it is given ids 1..N.
+    """
+    if any(int(c["id"]) == UNUSED_CATEGORY["id"] for c in coco["categories"]):
+        raise ValueError(f"category id {UNUSED_CATEGORY['id']} is already used")
+    return {**coco, "categories": [dict(UNUSED_CATEGORY), *coco["categories"]]}
+
+
+def prepare_bccd(voc_root: Path, work: Path, *, unused_class: bool = False) -> Path:
     """Convert BCCD's train and val splits to COCO JSON once; returns the dataset YAML."""
-    spec = work / "bccd.yaml"
+    suffix = "_unused0" if unused_class else ""
+    spec = work / f"bccd{suffix}.yaml"
     if spec.is_file():
         return spec
     for split in ("train", "val"):
         out = work / f"{split}.json"
         if not out.is_file():
-            subprocess.run(["dfine", "data", "convert", str(voc_root), "--from", "voc",
-                            "--split", split, "--out", str(out),
+            subprocess.run([sys.executable, "-m", "dfine_cli", "data", "convert", str(voc_root),
+                            "--from", "voc", "--split", split, "--out", str(out),
                             "--images", str(voc_root / "JPEGImages")],
                            check=True, stdout=subprocess.DEVNULL)
-    spec.write_text(json.dumps({
-        "train": {"images": str(voc_root / "JPEGImages"), "annotations": str(work / "train.json")},
-        "val": {"images": str(voc_root / "JPEGImages"), "annotations": str(work / "val.json")},
+        if unused_class:
+            coco = with_unused_class(json.loads(out.read_text()))
+            _write_atomic(work / f"{split}{suffix}.json", json.dumps(coco))
+    _write_atomic(spec, json.dumps({
+        split: {"images": str(voc_root / "JPEGImages"),
+                "annotations": str(work / f"{split}{suffix}.json")}
+        for split in ("train", "val")
     }))
     return spec
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def train_once(spec: Path, recipe: str, seed: int, args: argparse.Namespace, extra: list[str],
@@ -127,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--unused-class", action="store_true",
+                        help="add a category that never occurs (id 0), as the official run's "
+                             "num_classes 4 for ids 1-3 does")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if not (args.voc_root / "JPEGImages").is_dir():
@@ -135,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     if "--pretrained" not in extra and "--no-pretrained" not in extra:
         extra.append("--no-pretrained")  # the protocol starts from random initialisation
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    spec = prepare_bccd(args.voc_root, args.work_dir)
+    spec = prepare_bccd(args.voc_root, args.work_dir, unused_class=args.unused_class)
     tag = "-".join(a.lstrip("-").replace("=", "_") for a in extra) or "default"
+    if args.unused_class:
+        tag += "-unused0"
     results = []
     for recipe in args.recipes:
         for seed in args.seeds:
@@ -152,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                    "summary": {rc: {"final_AP": summarize([r["final_AP"] for r in results if r["recipe"] == rc]),
                                     "final_AP50": summarize([r["final_AP50"] for r in results if r["recipe"] == rc])}
                                for rc in args.recipes if any(r["recipe"] == rc for r in results)}}
-        tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        os.replace(tmp, args.out)
+        _write_atomic(args.out, json.dumps(payload, indent=2, default=str) + "\n")
     return 0
 
 
