@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from dfine_cli.data.cocofile import load_coco
+from dfine_cli.errors import DataError, DfineError
+from dfine_cli.fileio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BCCD = ROOT.parent / "shared" / "data" / "bccd" / "BCCD"
@@ -67,20 +70,15 @@ def prepare_bccd(voc_root: Path, work: Path, *, unused_class: bool = False) -> P
                             "--images", str(voc_root / "JPEGImages")],
                            check=True, stdout=subprocess.DEVNULL)
         if unused_class:
-            coco = with_unused_class(json.loads(out.read_text()))
-            _write_atomic(work / f"{split}{suffix}.json", json.dumps(coco))
-    _write_atomic(spec, json.dumps({
-        split: {"images": str(voc_root / "JPEGImages"),
-                "annotations": str(work / f"{split}{suffix}.json")}
-        for split in ("train", "val")
-    }))
+            try:
+                coco = with_unused_class(load_coco(out))
+            except ValueError as exc:
+                raise DataError(f"{out}: {exc}") from None
+            write_json(work / f"{split}{suffix}.json", coco, indent=None)
+    write_json(spec, {split: {"images": str(voc_root / "JPEGImages"),
+                              "annotations": str(work / f"{split}{suffix}.json")}
+                      for split in ("train", "val")}, indent=None)
     return spec
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def train_once(spec: Path, recipe: str, seed: int, args: argparse.Namespace, extra: list[str],
@@ -167,7 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     if "--pretrained" not in extra and "--no-pretrained" not in extra:
         extra.append("--no-pretrained")  # the protocol starts from random initialisation
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    spec = prepare_bccd(args.voc_root, args.work_dir, unused_class=args.unused_class)
+    try:
+        spec = prepare_bccd(args.voc_root, args.work_dir, unused_class=args.unused_class)
+    except subprocess.CalledProcessError as exc:  # dfine data convert printed why
+        return exc.returncode
+    except DataError as exc:  # a converted file in --work-dir is damaged
+        log(f"error: {exc} (delete it to convert again)")
+        return exc.exit_code
+    except DfineError as exc:
+        log(f"error: {exc}")
+        return exc.exit_code
     tag = "-".join(a.lstrip("-").replace("=", "_") for a in extra) or "default"
     if args.unused_class:
         tag += "-unused0"
@@ -175,18 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in args.recipes:
         for seed in args.seeds:
             run_dir = args.work_dir / f"{recipe}_{args.model}_{tag}_e{args.epochs}_s{seed}"
-            results.append(train_once(spec, recipe, seed, args, extra, run_dir))
+            try:
+                results.append(train_once(spec, recipe, seed, args, extra, run_dir))
+            except subprocess.CalledProcessError as exc:  # dfine train printed why
+                log(f"error: {recipe} seed {seed} stopped (exit {exc.returncode}) in {run_dir}; "
+                    "finished runs are kept and a rerun goes on from there")
+                return exc.returncode
             curve = " ".join(f"{v:.3f}" for v in results[-1]["curve"])
             log(f"{recipe} seed {seed}: {curve}")
     sys.stdout.write(render(results, args.recipes) + "\n")
     if args.out:
-        payload = {"schema_version": 1, "protocol": {k: v for k, v in vars(args).items()
+        payload = {"schema_version": 1, "protocol": {k: str(v) if isinstance(v, Path) else v
+                                                     for k, v in vars(args).items()
                                                      if k not in ("out",)} | {"extra": extra},
                    "runs": results,
                    "summary": {rc: {"final_AP": summarize([r["final_AP"] for r in results if r["recipe"] == rc]),
                                     "final_AP50": summarize([r["final_AP50"] for r in results if r["recipe"] == rc])}
                                for rc in args.recipes if any(r["recipe"] == rc for r in results)}}
-        _write_atomic(args.out, json.dumps(payload, indent=2, default=str) + "\n")
+        write_json(args.out, payload)
     return 0
 
 

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from PIL import Image
 
 from dfine_cli.data.dataset import parse_coco_annotations
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "bench_learning.py"
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_learning", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_learning"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import write_jpeg
+from tests.helpers import load_benchmark
 
 
 def _tiny_voc(root: Path) -> None:
@@ -32,7 +18,7 @@ def _tiny_voc(root: Path) -> None:
     (root / "Annotations").mkdir()
     (root / "ImageSets" / "Main").mkdir(parents=True)
     for stem, name in (("a", "rbc"), ("b", "cell")):
-        Image.new("RGB", (64, 48), (120, 30, 30)).save(root / "JPEGImages" / f"{stem}.jpg")
+        write_jpeg(root / "JPEGImages" / f"{stem}.jpg", h=48, w=64)
         (root / "Annotations" / f"{stem}.xml").write_text(
             f"<annotation><filename>{stem}.jpg</filename><size><width>64</width>"
             f"<height>48</height></size><object><name>{name}</name><bndbox><xmin>4</xmin>"
@@ -43,7 +29,7 @@ def _tiny_voc(root: Path) -> None:
 
 
 def test_with_unused_class_puts_a_class_zero_in_front_and_keeps_the_rest() -> None:
-    bench = _load_script()
+    bench = load_benchmark("bench_learning")
     coco = {"images": [{"id": 1}], "annotations": [{"id": 1, "category_id": 2}],
             "categories": [{"id": 1, "name": "cell"}, {"id": 2, "name": "rbc"}]}
     out = bench.with_unused_class(coco)
@@ -59,7 +45,7 @@ def test_with_unused_class_puts_a_class_zero_in_front_and_keeps_the_rest() -> No
 def test_prepare_bccd_gives_the_model_one_class_more_only_when_asked(
     tmp_path: Path, unused_class: bool
 ) -> None:
-    bench = _load_script()
+    bench = load_benchmark("bench_learning")
     voc = tmp_path / "VOC"
     _tiny_voc(voc)
     work = tmp_path / "work"
@@ -76,3 +62,19 @@ def test_prepare_bccd_gives_the_model_one_class_more_only_when_asked(
     assert not list(work.glob(".*.tmp"))  # written by rename, nothing half-written left
     # the plain conversion is shared, so both configurations train on the same boxes
     assert (work / "train.json").is_file() and (work / "val.json").is_file()
+
+
+def test_a_damaged_converted_file_is_named_and_nothing_is_trained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = load_benchmark("bench_learning")
+    voc = tmp_path / "VOC"
+    _tiny_voc(voc)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "train.json").write_text('{"images": [')  # a conversion cut short by hand
+    argv = ["--voc-root", str(voc), "--work-dir", str(work), "--unused-class", "--seeds", "0"]
+    assert bench.main(argv) == 3
+    err = capsys.readouterr().err
+    assert f"{work / 'train.json'}: invalid JSON" in err and "delete it" in err
+    assert sorted(p.name for p in work.iterdir()) == ["train.json"]  # no run folder, no spec
