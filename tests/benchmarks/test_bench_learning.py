@@ -28,6 +28,15 @@ def _tiny_voc(root: Path) -> None:
     (root / "ImageSets" / "Main" / "val.txt").write_text("b\n")
 
 
+@pytest.fixture
+def voc_and_work(tmp_path: Path) -> tuple[Path, Path]:
+    """The tiny VOC folder and an empty work folder beside it."""
+    voc, work = tmp_path / "VOC", tmp_path / "work"
+    _tiny_voc(voc)
+    work.mkdir()
+    return voc, work
+
+
 def test_with_unused_class_puts_a_class_zero_in_front_and_keeps_the_rest() -> None:
     bench = load_benchmark("bench_learning")
     coco = {"images": [{"id": 1}], "annotations": [{"id": 1, "category_id": 2}],
@@ -43,13 +52,10 @@ def test_with_unused_class_puts_a_class_zero_in_front_and_keeps_the_rest() -> No
 
 @pytest.mark.parametrize("unused_class", [False, True])
 def test_prepare_bccd_gives_the_model_one_class_more_only_when_asked(
-    tmp_path: Path, unused_class: bool
+    voc_and_work: tuple[Path, Path], unused_class: bool
 ) -> None:
     bench = load_benchmark("bench_learning")
-    voc = tmp_path / "VOC"
-    _tiny_voc(voc)
-    work = tmp_path / "work"
-    work.mkdir()
+    voc, work = voc_and_work
     spec = bench.prepare_bccd(voc, work, unused_class=unused_class)
     splits = json.loads(spec.read_text())
     for split, (label, name) in (("train", ("rbc", "a.jpg")), ("val", ("cell", "b.jpg"))):
@@ -65,13 +71,10 @@ def test_prepare_bccd_gives_the_model_one_class_more_only_when_asked(
 
 
 def test_a_damaged_converted_file_is_named_and_nothing_is_trained(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    voc_and_work: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     bench = load_benchmark("bench_learning")
-    voc = tmp_path / "VOC"
-    _tiny_voc(voc)
-    work = tmp_path / "work"
-    work.mkdir()
+    voc, work = voc_and_work
     (work / "train.json").write_text('{"images": [')  # a conversion cut short by hand
     argv = ["--voc-root", str(voc), "--work-dir", str(work), "--unused-class", "--seeds", "0"]
     assert bench.main(argv) == 3
