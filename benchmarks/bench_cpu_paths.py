@@ -12,7 +12,9 @@ figures are medians over all runs. OpenVINO int8 is the IR ``dfine export --form
 With ``--official DIR`` (a checkout of the official D-FINE repository, used read-only and
 only by this script), the official deploy model (``model.deploy()`` + ``postprocessor.deploy()``
 on the same keyed weights, built from its COCO config) is measured in the same rounds, and
-every path is also given as a fraction of its median model-stage time ("x official"). With
+every path is also given as a fraction of its median model-stage time ("x official"). Every
+path runs with malloc as the ``dfine`` commands set it (``dfine_cli.allocator``;
+``DFINE_MALLOC=default`` for glibc's own), the official model included. With
 ``--keyed``, or whenever ``--official`` is given, every path runs the reference's keyed
 weights of each size (``../shared/reference``) instead of random ones.
 
@@ -83,6 +85,7 @@ def main() -> None:
                             *argv[end:]], check=True)
         return
 
+    from dfine_cli.allocator import keep_freed_memory
     from dfine_cli.bench.flops import model_complexity
     from dfine_cli.bench.latency import (
         cpu_description,
@@ -93,6 +96,7 @@ def main() -> None:
     )
     from dfine_cli.models.presets import preset
 
+    malloc = keep_freed_memory()  # as the dfine commands run (DFINE_MALLOC=default: glibc's own)
     torch.set_num_threads(args.threads)
     cpu = cpu_description()
     peak = args.peak_gflops or _estimated_peak(args.threads)
@@ -101,7 +105,7 @@ def main() -> None:
           f"{args.img_size}x{args.img_size}, warmup {args.warmup}, iters {args.iters}; {versions}")
     print(f"# fp32 peak assumed: {peak:.0f} GFLOP/s; weights: "
           f"{'keyed (reference)' if keyed else 'random'}; load average at start "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; malloc {malloc} (every path)")
     images = synthetic_images(4, 640, 480)
     print("size\tpath\tmodel median (of round medians)\tmodel p90 (worst round)\tmodel min\t"
           "e2e median\tGFLOPs\tms at peak\tx official")

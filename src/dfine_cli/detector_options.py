@@ -54,8 +54,10 @@ def open_detector(weights: str | Path, options: DetectorOptions | None = None) -
     Raises :class:`UsageError` when an exported model (fixed input size) is asked for another
     size, and :class:`DataError` when a names file has fewer names than the model has classes.
     """
+    from dfine_cli.allocator import keep_freed_memory
     from dfine_cli.detector import Detector
 
+    keep_freed_memory()  # a command's process: freed feature maps are reused, not faulted in
     options = options or DetectorOptions()
     if options.threads:
         import torch

@@ -1,9 +1,11 @@
-"""Decoder query selection: the inference form masks invalid cells in place."""
+"""Decoder query selection and value sampling: the inference forms against the training form."""
 
 from __future__ import annotations
 
 import torch
 
+from dfine_cli.models import decoder as decoder_module
+from dfine_cli.models import deformable_attention as attention_module
 from dfine_cli.models.build import build_model
 from dfine_cli.models.decoder import generate_anchors
 
@@ -26,16 +28,30 @@ def test_cached_invalid_cells_are_those_outside_the_valid_range() -> None:
     assert 0 < len(invalid) < valid.shape[1]  # the 60x60 level's border cells
 
 
-def test_in_place_masking_gives_the_outputs_of_the_multiplied_form(monkeypatch) -> None:
+def test_inference_forms_give_the_outputs_of_the_multiplied_form(monkeypatch) -> None:
+    """Three forms of query selection and sampling: memory rows sampled (CPU inference,
+    the default), invalid cells zeroed in place with ``grid_sample`` (exports, other
+    devices), and the training form (memory multiplied by the valid mask)."""
     model = _tiny_model()
     decoder = model.decoder
-    seen: list[torch.Tensor] = []
-    decoder.enc_output.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].clone()))
+    selected: list[torch.Tensor] = []  # what query selection scores: enc_output's output
+    decoder.enc_score_head.register_forward_hook(
+        lambda _m, inputs, _out: selected.append(inputs[0].clone()))
+    enc_inputs: list[torch.Tensor] = []
+    decoder.enc_output.register_forward_hook(
+        lambda _m, inputs, _out: enc_inputs.append(inputs[0].clone()))
     # 832 px: the stride-16 level has 52x52 cells, whose border cells are invalid.
     images = torch.rand(1, 3, 832, 832)
+    sampled_rows: list[torch.Tensor] = []
+    sample_rows = attention_module.deformable_sample_rows
+    monkeypatch.setattr(attention_module, "deformable_sample_rows",
+                        lambda memory, *rest: sampled_rows.append(memory) or sample_rows(memory, *rest))
     with torch.inference_mode():
-        in_place = model(images)
+        rows = model(images)
+        assert len(sampled_rows) == decoder.num_layers  # every layer sampled the memory rows
         assert any(len(cached[2]) for cached in decoder._anchor_cache.values())
+        monkeypatch.setattr(decoder_module, "_samples_memory_rows", lambda memory: False)
+        in_place = model(images)
         original = decoder._anchors
 
         def without_indices(shapes, like):
@@ -45,11 +61,17 @@ def test_in_place_masking_gives_the_outputs_of_the_multiplied_form(monkeypatch) 
         monkeypatch.setattr(decoder, "_anchors", without_indices)
         multiplied = model(images)
 
-    masked, reference = seen
-    assert torch.equal(masked, reference)  # what query selection reads
-    assert (masked == 0).all(-1).any()  # and some cells were masked
+    rows_selected, in_place_selected, reference = selected
+    # enc_output works row by row: the rows form's fix-up of the invalid rows is exact
+    assert torch.equal(rows_selected, reference) and torch.equal(in_place_selected, reference)
+    assert (enc_inputs[-1] == 0).all(-1).any()  # and some cells were masked
+    assert not (enc_inputs[0] == 0).all(-1).any()  # the rows form leaves the memory whole
     assert torch.equal(in_place.logits, multiplied.logits)
     assert torch.equal(in_place.boxes, multiplied.boxes)
+    # sampling rows sums the same terms in another order
+    torch.testing.assert_close(rows.logits, multiplied.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rows.boxes, multiplied.boxes, rtol=1e-5, atol=1e-6)
+    assert len(sampled_rows) == decoder.num_layers  # and only there
 
 
 def test_training_form_has_no_cached_indices() -> None:

@@ -1,4 +1,4 @@
-"""Deformable sampling against a point-by-point bilinear reference."""
+"""Deformable sampling (value maps and memory rows) against a point-by-point bilinear reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from dfine_cli.models.deformable_attention import deformable_sample
+from dfine_cli.models.deformable_attention import (
+    MSDeformableAttention,
+    deformable_sample,
+    deformable_sample_rows,
+    row_layout,
+)
 
 
 def _bilinear(value: torch.Tensor, x: float, y: float) -> torch.Tensor:
@@ -81,3 +86,59 @@ def test_channels_last_value_maps_give_the_same_result():
 
     torch.testing.assert_close(deformable_sample(strided, shapes, locations, weights, points),
                                deformable_sample(dense, shapes, locations, weights, points))
+
+
+def _memory(values: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """The value maps ``[B * heads, head_dim, H, W]`` as the decoder's memory ``[B, L, C]``."""
+    per_level = []
+    for v in values:
+        _, head_dim, h, w = v.shape
+        per_level.append(v.reshape(batch, -1, head_dim, h * w).permute(0, 3, 1, 2).flatten(2))
+    return torch.cat(per_level, dim=1).contiguous()
+
+
+@pytest.mark.parametrize("points_per_level", [(3, 6, 3), (2, 1)])
+def test_sampling_memory_rows_equals_the_point_by_point_sum(points_per_level):
+    gen = torch.Generator().manual_seed(3)
+    b, q, heads, head_dim = 2, 5, 2, 3
+    shapes = [(7, 9), (4, 5), (2, 3)][: len(points_per_level)]
+    total = sum(points_per_level)
+    values = [torch.randn(b * heads, head_dim, h, w, generator=gen, dtype=torch.float64)
+              for h, w in shapes]
+    locations = torch.rand(b, q, heads, total, 2, generator=gen, dtype=torch.float64) * 1.4 - 0.2
+    # the edges and pixel centres, where a corner index sits exactly on a level's border
+    locations[0, 0, 0, :2] = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    h, w = shapes[0]
+    locations[0, 1, 0, 0] = torch.tensor([0.5 / w, (h - 0.5) / h], dtype=torch.float64)
+    weights = torch.rand(b, q, heads, total, generator=gen, dtype=torch.float64).softmax(-1)
+    layout = row_layout(shapes, points_per_level, torch.device("cpu"))
+
+    got = deformable_sample_rows(_memory(values, b), layout, locations, weights)
+
+    expected = _reference(values, locations, weights, points_per_level)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got, deformable_sample(values, shapes, locations, weights,
+                                                      points_per_level))
+
+
+def test_attention_gives_the_same_output_from_memory_rows_and_value_maps():
+    gen = torch.Generator().manual_seed(4)
+    shapes, points, heads, dim = [(10, 12), (5, 6)], (4, 2), 4, 16
+    attention = MSDeformableAttention(dim, heads, points)
+    with torch.no_grad():
+        for p in attention.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    query = torch.randn(2, 7, dim, generator=gen)
+    reference = torch.rand(2, 7, 1, 4, generator=gen) * 0.8 + 0.1
+    maps = [torch.randn(2, dim, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+            for h, w in shapes]
+    values = [m.reshape(2 * heads, dim // heads, *m.shape[2:]) for m in maps]
+    memory = torch.cat([m.flatten(2).permute(0, 2, 1) for m in maps], dim=1)  # as the decoder
+    with torch.inference_mode():
+        from_rows = attention(query, reference, memory, shapes)
+        from_maps = attention(query, reference, values, shapes)
+        again = attention(query, reference, memory, shapes)  # the cached layout
+
+    torch.testing.assert_close(from_rows, from_maps, rtol=1e-5, atol=1e-6)
+    assert torch.equal(again, from_rows)
+    assert list(attention._row_layouts) == [((tuple(shapes)), torch.device("cpu"))]

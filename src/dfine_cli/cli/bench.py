@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from dfine_cli.allocator import keep_freed_memory
 from dfine_cli.cli._common import handle_errors, img_size_option, print_json, print_table, track
 from dfine_cli.cli.options import (
     BACKEND_DEFAULT,
@@ -117,6 +118,7 @@ def latency(
 
     precision = _precision(fp16, bf16)
     img_size_option(img_size)
+    keep_freed_memory()  # as predict and eval run
     with tempfile.TemporaryDirectory(prefix="dfine-bench-") as tmp:
         result = run_latency(weights, backend=backend.value, precision=precision, device=device,
                              threads=threads, batch_size=batch_size, img_size=img_size,
@@ -194,6 +196,7 @@ def compare(
     from dfine_cli.bench import compare as cmp
 
     img_size_option(img_size)
+    keep_freed_memory()  # as predict and eval run
     runs = [cmp.parse_run(r) for r in run] if run else cmp.default_runs(int8=data is not None)
     with tempfile.TemporaryDirectory(prefix="dfine-bench-") as tmp:
         rows = cmp.compare(weights, runs, data=data, split=split, device=device, threads=threads,

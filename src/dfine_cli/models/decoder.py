@@ -63,7 +63,7 @@ class DecoderLayer(nn.Module):
         self,
         target: Tensor,
         reference: Tensor,
-        values: list[Tensor],
+        values: list[Tensor] | Tensor,
         spatial_shapes: list[tuple[int, int]],
         attn_mask: Tensor | None,
         query_pos: Tensor,
@@ -128,6 +128,20 @@ def generate_anchors(
     anchors = torch.log(anchors / (1 - anchors))
     anchors = torch.where(valid, anchors, torch.full_like(anchors, float("inf")))
     return anchors, valid
+
+
+def _samples_memory_rows(memory: Tensor) -> bool:
+    """Whether deformable attention samples the memory's rows (see
+    :func:`~dfine_cli.models.deformable_attention.deformable_sample_rows`): float32 inference
+    on the CPU, outside exports and ``torch.compile``, which keep ``grid_sample``."""
+    return (
+        memory.device.type == "cpu"
+        and memory.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+        and not torch.compiler.is_compiling()
+    )
 
 
 class DFineDecoder(nn.Module):
@@ -299,11 +313,17 @@ class DFineDecoder(nn.Module):
 
         # Query selection (encoder proposals)
         anchors, valid, invalid = self._anchors(shapes, memory)
+        sample_rows = invalid is not None and _samples_memory_rows(memory)
         if invalid is None or torch.compiler.is_compiling():
-            memory_masked = valid.to(memory.dtype) * memory
+            enc_memory = self.enc_output(valid.to(memory.dtype) * memory)
+        elif sample_rows:
+            # `memory` stays whole (it is the value maps): the invalid cells' rows are the
+            # zero row's output (`enc_output` works row by row), written after.
+            enc_memory = self.enc_output(memory)
+            zero_row = self.enc_output(memory.new_zeros(1, 1, memory.shape[-1]))
+            enc_memory.index_copy_(1, invalid, zero_row.expand(batch, invalid.numel(), -1))
         else:  # `memory` is this call's own concatenation: zero the few invalid cells in place
-            memory_masked = memory.index_fill_(1, invalid, 0.0)
-        enc_memory = self.enc_output(memory_masked)
+            enc_memory = self.enc_output(memory.index_fill_(1, invalid, 0.0))
         enc_logits = self.enc_score_head(enc_memory)
         _, topk = torch.topk(enc_logits.max(-1).values, self.num_queries, dim=-1)
         topk_memory = enc_memory.gather(1, topk.unsqueeze(-1).expand(-1, -1, enc_memory.shape[-1]))
@@ -324,9 +344,10 @@ class DFineDecoder(nn.Module):
             ref_unact = torch.cat([dn.boxes_unact, ref_unact], dim=1)
             attn_mask = dn.attn_mask
 
-        # Value maps for deformable attention: per level [B*heads, head_dim, H, W]
+        # Value maps for deformable attention: per level [B*heads, head_dim, H, W], or
+        # (inference on CPUs) the memory, whose rows are their pixels
         head_dim = self.hidden_dim // self.heads
-        values = [
+        values: list[Tensor] | Tensor = memory if sample_rows else [
             m.reshape(batch * self.heads, head_dim, h, w) for m, (h, w) in zip(maps, shapes)
         ]
         layers = self._run_layers(content, ref_unact, values, shapes, attn_mask)
@@ -369,7 +390,7 @@ class DFineDecoder(nn.Module):
         self,
         content: Tensor,
         ref_unact: Tensor,
-        values: list[Tensor],
+        values: list[Tensor] | Tensor,
         shapes: list[tuple[int, int]],
         attn_mask: Tensor | None,
     ) -> _LayerOutputs:
