@@ -44,23 +44,6 @@ def _reference(values, locations, weights, points_per_level):
     return out
 
 
-@pytest.mark.parametrize("points_per_level", [(3, 6, 3), (2, 1)])
-def test_sampling_equals_a_point_by_point_bilinear_sum(points_per_level):
-    gen = torch.Generator().manual_seed(0)
-    b, q, heads, head_dim = 2, 5, 2, 3
-    shapes = [(7, 9), (4, 5), (2, 3)][: len(points_per_level)]
-    total = sum(points_per_level)
-    values = [torch.randn(b * heads, head_dim, h, w, generator=gen, dtype=torch.float64) for h, w in shapes]
-    # Some locations fall outside [0, 1], where the padding is zeros.
-    locations = torch.rand(b, q, heads, total, 2, generator=gen, dtype=torch.float64) * 1.2 - 0.1
-    weights = torch.rand(b, q, heads, total, generator=gen, dtype=torch.float64).softmax(-1)
-
-    got = deformable_sample(values, shapes, locations, weights, points_per_level)
-
-    assert got.shape == (b, q, heads * head_dim)
-    torch.testing.assert_close(got, _reference(values, locations, weights, points_per_level))
-
-
 def test_sampling_gradients_are_correct():
     gen = torch.Generator().manual_seed(1)
     shapes, points = [(4, 4), (2, 3)], (2, 1)
@@ -97,28 +80,31 @@ def _memory(values: list[torch.Tensor], batch: int) -> torch.Tensor:
     return torch.cat(per_level, dim=1).contiguous()
 
 
+@pytest.mark.parametrize("form", ["value maps", "memory rows"])
 @pytest.mark.parametrize("points_per_level", [(3, 6, 3), (2, 1)])
-def test_sampling_memory_rows_equals_the_point_by_point_sum(points_per_level):
-    gen = torch.Generator().manual_seed(3)
+def test_sampling_equals_a_point_by_point_bilinear_sum(points_per_level, form):
+    gen = torch.Generator().manual_seed(0)
     b, q, heads, head_dim = 2, 5, 2, 3
     shapes = [(7, 9), (4, 5), (2, 3)][: len(points_per_level)]
     total = sum(points_per_level)
     values = [torch.randn(b * heads, head_dim, h, w, generator=gen, dtype=torch.float64)
               for h, w in shapes]
+    # Some locations fall outside [0, 1], where the padding is zeros.
     locations = torch.rand(b, q, heads, total, 2, generator=gen, dtype=torch.float64) * 1.4 - 0.2
     # the edges and pixel centres, where a corner index sits exactly on a level's border
     locations[0, 0, 0, :2] = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
     h, w = shapes[0]
     locations[0, 1, 0, 0] = torch.tensor([0.5 / w, (h - 0.5) / h], dtype=torch.float64)
     weights = torch.rand(b, q, heads, total, generator=gen, dtype=torch.float64).softmax(-1)
-    layout = row_layout(shapes, points_per_level, torch.device("cpu"))
 
-    got = deformable_sample_rows(_memory(values, b), layout, locations, weights)
+    if form == "value maps":
+        got = deformable_sample(values, shapes, locations, weights, points_per_level)
+    else:
+        layout = row_layout(shapes, points_per_level, torch.device("cpu"))
+        got = deformable_sample_rows(_memory(values, b), layout, locations, weights)
 
-    expected = _reference(values, locations, weights, points_per_level)
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(got, deformable_sample(values, shapes, locations, weights,
-                                                      points_per_level))
+    assert got.shape == (b, q, heads * head_dim)
+    torch.testing.assert_close(got, _reference(values, locations, weights, points_per_level))
 
 
 def test_attention_gives_the_same_output_from_memory_rows_and_value_maps():
