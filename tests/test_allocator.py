@@ -45,6 +45,8 @@ def test_sets_both_thresholds_once(fake_libc: _FakeLibc) -> None:
 
 @pytest.mark.parametrize(("environ", "reason"), [
     ({"DFINE_MALLOC": "default"}, "DFINE_MALLOC=default"),
+    ({"DFINE_MALLOC": "OFF"}, "DFINE_MALLOC=off"),
+    ({"DFINE_MALLOC": "jemalloc"}, "unknown DFINE_MALLOC=jemalloc"),
     ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}, "GLIBC_TUNABLES"),
     ({"MALLOC_TRIM_THRESHOLD_": "1"}, "MALLOC_TRIM_THRESHOLD_ is set"),
     ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "jemalloc is preloaded"),
@@ -55,6 +57,10 @@ def test_leaves_malloc_alone_where_the_user_chose(
     assert allocator.keep_freed_memory(environ).startswith("left as is: ")
     assert reason in allocator.keep_freed_memory(environ)
     assert fake_libc.calls == []
+
+
+def test_dfine_turns_it_on_explicitly(fake_libc: _FakeLibc) -> None:
+    assert allocator.keep_freed_memory({"DFINE_MALLOC": "dfine"}) == "set"
 
 
 def test_other_tunables_and_other_platforms(fake_libc: _FakeLibc, monkeypatch: pytest.MonkeyPatch) -> None:

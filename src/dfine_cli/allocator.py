@@ -30,6 +30,7 @@ import ctypes
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 #: ``mallopt`` parameters (glibc ``<malloc.h>``).
 _M_TRIM_THRESHOLD = -1
@@ -38,8 +39,10 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20
 #: Free memory at the top of the heap kept before it is given back to the system.
 TRIM_THRESHOLD = 1 << 30
-#: Environment variable that turns the setting off (``DFINE_MALLOC=default``).
+#: Environment variable that turns the setting off (``DFINE_MALLOC=default``; ``dfine``, or
+#: unset, keeps it on; any other value leaves malloc as it is, with a warning).
 ENV_VAR = "DFINE_MALLOC"
+_OFF = ("default", "off", "0", "false", "no")
 #: Allocators that replace ``malloc`` when preloaded; they keep freed memory already.
 _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _USER_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
@@ -50,9 +53,14 @@ log = logging.getLogger("dfine")
 _state: str | None = None
 
 
-def _reason_to_leave(environ: os._Environ[str] | dict[str, str]) -> str | None:
-    if environ.get(ENV_VAR, "").strip().lower() == "default":
-        return f"{ENV_VAR}=default"
+def _reason_to_leave(environ: Mapping[str, str]) -> str | None:
+    choice = environ.get(ENV_VAR, "").strip().lower()
+    if choice in _OFF:
+        return f"{ENV_VAR}={choice}"
+    if choice not in ("", "dfine"):
+        log.warning("%s=%s is not a known value (dfine, or default/off); malloc left as is",
+                    ENV_VAR, environ[ENV_VAR])
+        return f"unknown {ENV_VAR}={environ[ENV_VAR]}"
     if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
         return "GLIBC_TUNABLES sets malloc tunables"
     named = [name for name in _USER_TUNABLES if name in environ]
@@ -67,7 +75,7 @@ def _reason_to_leave(environ: os._Environ[str] | dict[str, str]) -> str | None:
     return None
 
 
-def keep_freed_memory(environ: os._Environ[str] | dict[str, str] | None = None) -> str:
+def keep_freed_memory(environ: Mapping[str, str] | None = None) -> str:
     """Set glibc's malloc to keep freed blocks for reuse (once per process; see the module).
 
     Returns what happened, for logs: ``"set"``, or ``"left as is: <reason>"``.

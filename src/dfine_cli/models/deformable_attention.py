@@ -11,6 +11,7 @@ the same sum, as one weighted row lookup per layer.
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 from typing import NamedTuple, cast
 
 import torch
@@ -65,20 +66,13 @@ class RowLayout(NamedTuple):
 def row_layout(
     spatial_shapes: list[tuple[int, int]], points_per_level: tuple[int, ...], device: torch.device
 ) -> RowLayout:
-    per_point = [(h, w, s) for (h, w), s, n in zip(
-        spatial_shapes, _level_starts(spatial_shapes), points_per_level) for _ in range(n)]
+    ends = list(accumulate(h * w for h, w in spatial_shapes))
+    per_point = [(h, w, end - h * w) for (h, w), end, n in zip(
+        spatial_shapes, ends, points_per_level) for _ in range(n)]
     size = torch.tensor([[w for _, w, _ in per_point], [h for h, _, _ in per_point]],
                         dtype=torch.float32, device=device).view(2, 1, 1, 1, -1)
     start = torch.tensor([s for _, _, s in per_point], dtype=torch.float32, device=device)
-    return RowLayout(size, size - 1, start, sum(h * w for h, w in spatial_shapes))
-
-
-def _level_starts(spatial_shapes: list[tuple[int, int]]) -> list[int]:
-    starts, total = [], 0
-    for h, w in spatial_shapes:
-        starts.append(total)
-        total += h * w
-    return starts
+    return RowLayout(size, size - 1, start, ends[-1])
 
 
 def deformable_sample_rows(
