@@ -72,6 +72,17 @@ def test_truncated_checkpoint_is_an_error(tmp_path):
         read_checkpoint(bad)
 
 
+def test_a_checkpoint_cut_anywhere_is_a_checkpoint_error(tmp_path):
+    """Where the cut falls decides how torch fails (its zip reader raises OSError EINVAL for
+    some); every one is the file's fault, none a file-system error."""
+    data = tiny_checkpoint(tmp_path / "good.pth").read_bytes()
+    bad = tmp_path / "bad.pth"
+    for size in sorted({*range(0, len(data), max(1, len(data) // 50)), 100, 3000, 5000, 10000}):
+        bad.write_bytes(data[:size])
+        with pytest.raises(CheckpointError, match=r"^not a dfine/D-FINE checkpoint: "):
+            read_checkpoint(bad)
+
+
 def test_unrelated_dict_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"optimizer": {"lr": 1.0}}, path)

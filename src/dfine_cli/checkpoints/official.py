@@ -9,6 +9,7 @@ Nothing here unpickles code: files are read with ``torch.load(weights_only=True)
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
 import re
@@ -57,9 +58,12 @@ def torch_load(path: Path) -> Any:
             f"{NOT_A_CHECKPOINT}: {path} is not a PyTorch file (no readable pickled tensor data)"
         ) from exc
     except OSError as exc:
-        if exc.errno is not None:
+        # torch's zip reader reports a malformed archive (a truncated file) as EINVAL
+        if exc.errno is not None and exc.errno != errno.EINVAL:
             raise  # permission denied, a folder, I/O error: mapped by the caller's handler
-        raise CheckpointError(f"{NOT_A_CHECKPOINT}: {path}: {_first_line(exc)}") from exc
+        raise CheckpointError(
+            f"{NOT_A_CHECKPOINT}: {path} is not a readable PyTorch file (truncated or corrupt?): "
+            f"{_first_line(exc)}") from exc
     except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError... on non-checkpoints
         what = "is empty" if path.is_file() and path.stat().st_size == 0 else (
             f"is not a readable PyTorch file (truncated or corrupt?): {_first_line(exc)}"
