@@ -74,7 +74,7 @@ def _child(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["n", "s"])
+    parser.add_argument("--sizes", nargs="+", default=["n", "s"], choices=["n", "s", "m", "l", "x"])
     parser.add_argument("--img-size", type=int, default=640)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-step", action="store_true", help="a training step, not a forward")
     parser.add_argument("--child", metavar="SIZE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from dfine_cli.image_size import IMG_SIZE_RULE, is_valid_side
+
+    if not is_valid_side(args.img_size):
+        parser.error(f"--img-size must be {IMG_SIZE_RULE}, got {args.img_size}")
     if args.child:
         args.size = args.child
         _child(args)
@@ -105,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--iters", str(args.iters)] + (["--train-step"] if args.train_step else [])
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if done.returncode != 0:
-                    print(f"error: {size} {label}: {done.stderr.strip().splitlines()[-1:]}",
-                          file=sys.stderr)
+                    last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                    print(f"error: {size} {label}: {last}", file=sys.stderr)
                     return 1
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 results[label].append(row)
