@@ -38,7 +38,7 @@ def _child(args: argparse.Namespace) -> None:
 
         step_args = argparse.Namespace(size=args.size, recipe="dfine", batch=4,
                                        img_size=args.img_size, threads=args.threads,
-                                       compile=False, profile=False)
+                                       compile=False, profile=False, contiguous=False)
         step, _ = _make_step(step_args)
         run = step
     else:

@@ -10,6 +10,9 @@ EMA update.
 (compilation happens in the first warm-up step, whose time is printed);
 ``--compare-compile`` alternates fresh processes of this tree compiled (A) and eager (B);
 ``--compare SRC --compile`` runs A compiled against B eager.
+Like ``dfine train`` on the CPU, the step runs channels-last when the tree under test does
+(``--contiguous`` forces the contiguous layout; ``--compare-layout`` alternates fresh
+processes of this tree channels-last (A) and contiguous (B)).
 ``--profile`` prints the torch profiler's top ops and the time per part of the step
 (backbone, encoder, decoder, deformable sampling, matcher, criterion, backward, optimizer,
 EMA). ``--compare SRC`` measures this tree against another copy of the package's ``src``
@@ -36,6 +39,13 @@ import torch
 _MODULE_PARTS = (("backbone", "backbone"), ("encoder", "encoder"), ("decoder", "decoder"))
 
 
+def _trains_channels_last() -> bool:
+    """Whether the tree under test trains channels-last on the CPU (what its trainer does)."""
+    from dfine_cli.models import layers
+
+    return hasattr(layers, "AccurateBatchNorm2d")
+
+
 def _make_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[], None]]:
     """Build model, criterion, optimizer and EMA; return ``(step, label_parts)``."""
     from dfine_cli.engine.criterion import build_criterion
@@ -54,6 +64,10 @@ def _make_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[
         from dfine_cli.engine import optim as optim_module
 
         optim_recipe = optim_module.OPTIM_RECIPES[(args.recipe, args.size)]  # type: ignore[attr-defined]
+    images = torch.rand(args.batch, 3, args.img_size, args.img_size)
+    if _trains_channels_last() and not args.contiguous:  # as `dfine train` on the CPU
+        model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     groups = build_param_groups(model, optim_recipe)
     try:
         from dfine_cli.engine.optim import build_optimizer  # type: ignore[attr-defined]
@@ -62,7 +76,6 @@ def _make_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[
     except ImportError:  # an older tree (``--compare``)
         optim = torch.optim.AdamW(groups)
     ema = ModelEMA(model, 0.9999, 2000)
-    images = torch.rand(args.batch, 3, args.img_size, args.img_size)
     g = torch.Generator().manual_seed(0)
     targets = []
     for _ in range(args.batch):
@@ -171,6 +184,8 @@ def _compare(args: argparse.Namespace, passthrough: list[str]) -> None:
     here = str(Path(__file__).resolve().parents[1] / "src")
     if args.compare_compile:  # one tree, two modes: (src, extra arguments)
         trees = {"A (compiled)": (here, ["--compile"]), "B (eager)": (here, [])}
+    elif args.compare_layout:
+        trees = {"A (channels-last)": (here, []), "B (contiguous)": (here, ["--contiguous"])}
     else:  # with --compile, A runs compiled
         trees = {f"A (this tree{', compiled' if args.compile else ''})":
                  (here, ["--compile"] if args.compile else []),
@@ -226,10 +241,14 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward")
     parser.add_argument("--compare-compile", action="store_true",
                         help="A/B: this tree compiled against eager")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="train in the contiguous layout instead of channels-last")
+    parser.add_argument("--compare-layout", action="store_true",
+                        help="A/B: this tree channels-last against contiguous")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds of --compare")
     parser.add_argument("--machine", action="store_true", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
-    if args.compare or args.compare_compile:
+    if args.compare or args.compare_compile or args.compare_layout:
         passthrough = [
             f"--size={args.size}",
             f"--recipe={args.recipe}",

@@ -84,6 +84,7 @@ class DfineRun:
 
         self.model = build_model(size, num_classes=num_classes, num_denoising=0)
         load_weights(self.model, state)
+        self.model.to(memory_format=torch.channels_last)  # as `dfine train` on the CPU
         recipe = build_recipe("dfine", size, epochs, img_size)
         self.optimizer = build_optimizer(build_param_groups(self.model, recipe.optim), lr=recipe.optim.lr,
                                          betas=recipe.optim.betas, weight_decay=recipe.optim.weight_decay)
@@ -96,6 +97,7 @@ class DfineRun:
         from dfine_cli.engine.optim import apply_lr, lr_factor
 
         apply_lr(self.optimizer, lr_factor(self.schedule, index))
+        images = images.contiguous(memory_format=torch.channels_last)
         loss = self.criterion(self.model(images, targets), targets).total
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

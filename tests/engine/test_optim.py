@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from dfine_cli.engine.optim import ModelEMA, build_optimizer
+from dfine_cli.engine.optim import ModelEMA, build_optimizer, load_optimizer_state
 
 
 def _small_model() -> nn.Module:
@@ -99,3 +99,36 @@ def test_fused_optimizer_resume_is_bit_exact_and_close_to_default_adamw():
     _train_steps(fused_model, fused_opt, None, 1, seed=3)
     for key, value in plain_model.state_dict().items():
         torch.testing.assert_close(fused_model.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def _channels_last_steps(
+    start: torch.Tensor, state: dict | None, grads: list[torch.Tensor]
+) -> tuple[torch.Tensor, dict]:
+    """Fused AdamW steps on a channels-last conv weight, optionally from a saved state."""
+    weight = nn.Parameter(start.clone().contiguous(memory_format=torch.channels_last))
+    optimizer = build_optimizer([{"params": [weight]}], lr=0.1)
+    if state is not None:
+        load_optimizer_state(optimizer, state)
+    for grad in grads:
+        weight.grad = grad.contiguous(memory_format=torch.channels_last)
+        optimizer.step()
+    return weight.detach().clone(), optimizer.state_dict()
+
+
+def test_optimizer_state_is_loaded_in_each_parameter_layout():
+    """A state saved from contiguous parameters, loaded for channels-last ones: torch's fused
+    AdamW would mix the elements of moments laid out unlike their parameter."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(8, 4, 3, 3, generator=g)
+    grads = [torch.randn(8, 4, 3, 3, generator=g) for _ in range(2)]
+    uninterrupted, _ = _channels_last_steps(start, None, grads)
+    middle, state = _channels_last_steps(start, None, grads[:1])
+    contiguous = copy.deepcopy(state)
+    for moments in contiguous["state"].values():
+        for key, value in moments.items():
+            if value.dim() == 4:
+                moments[key] = value.contiguous()
+                assert not moments[key].is_contiguous(memory_format=torch.channels_last)
+    for saved in (state, contiguous):
+        resumed, _ = _channels_last_steps(middle, saved, grads[1:])
+        assert torch.equal(resumed, uninterrupted)

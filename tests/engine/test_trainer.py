@@ -71,6 +71,24 @@ def test_train_writes_run_files_and_custom_ids_flow_through(tiny_data, tmp_path)
     assert set(out.names) <= {"square", "circle", "triangle"}
 
 
+def test_cpu_training_runs_channels_last_and_saves_contiguous_weights(tiny_data, tmp_path):
+    """Eager CPU training keeps parameters, EMA copy and moments channels-last; the files hold
+    contiguous tensors, so they load anywhere whatever layout the run trained in."""
+    trainer = Trainer(tiny_config(tiny_data, tmp_path / "run", epochs=1))
+    trainer.fit()
+    cl = torch.channels_last
+    weight = trainer.model.backbone.stem.stem1.conv.weight
+    assert weight.is_contiguous(memory_format=cl) and not weight.is_contiguous()
+    assert trainer.ema is not None
+    assert trainer.ema.module.backbone.stem.stem1.conv.weight.is_contiguous(memory_format=cl)
+    assert all(m.is_contiguous(memory_format=cl) for m in trainer.optimizer.state[weight].values() if m.dim() == 4)
+    last = read_checkpoint(tmp_path / "run" / "last.pth")
+    assert last.training is not None
+    for state in (last.state_dict, read_checkpoint(tmp_path / "run" / "best.pth").state_dict,
+                  last.training["model"], last.training["ema"]["module"]):
+        assert all(v.is_contiguous() for v in state.values())
+
+
 def test_resume_reproduces_uninterrupted_run(tiny_data, tmp_path):
     full = train(tiny_config(tiny_data, tmp_path / "full"))
     train(tiny_config(tiny_data, tmp_path / "part", epochs=1))

@@ -71,8 +71,9 @@ def read_ours(obj: dict[str, Any], path: Path, variant: str | None) -> LoadedChe
 def checkpoint_payload(
     model: torch.nn.Module, info: ModelInfo, training: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The dict :func:`save_payload` writes: weights on the CPU, metadata, optional training state."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """The dict :func:`save_payload` writes: weights on the CPU (contiguous, whatever memory
+    format the model trained in), metadata, optional training state."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
     payload.update(info.to_dict())
     payload["model"] = state

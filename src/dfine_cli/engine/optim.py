@@ -196,6 +196,23 @@ def remap_optimizer_state(
     return {"state": remapped, "param_groups": groups}
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, each moment then laid out as its parameter.
+
+    A state saved from channels-last parameters (CPU training) may be loaded into contiguous
+    ones (a CUDA resume) or the other way round. torch's fused AdamW walks a parameter, its
+    gradient and its moments as flat arrays and silently mixes elements whose memory layouts
+    differ, so every per-parameter tensor is copied into its parameter's layout.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            moments = optimizer.state.get(param, {})
+            for key, value in moments.items():
+                if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    moments[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def apply_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
@@ -244,7 +261,8 @@ class ModelEMA:
             torch._foreach_add_(averaged, current, alpha=1.0 - d)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay,
+        module = {k: v.contiguous() for k, v in self.module.state_dict().items()}
+        return {"module": module, "updates": self.updates, "decay": self.decay,
                 "warmups": self.warmups}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ from dfine_cli.engine.optim import (
     build_optimizer,
     build_param_groups,
     group_param_names,
+    load_optimizer_state,
     lr_factor,
     remap_optimizer_state,
 )
@@ -242,6 +243,13 @@ class Trainer:
             category_ids=list(self.train_set.label_to_category), img_size=(cfg.img_size, cfg.img_size),
         )
         self.model.to(self.device)
+        # Eager on the CPU: oneDNN's convolutions and their backward run 2-4x faster on
+        # channels-last tensors (docs/bench.md); AccurateBatchNorm2d keeps the batch statistics
+        # as exact as with contiguous ones. The optimizer state and EMA copy follow the
+        # parameters' layout. --compile keeps the layout it was measured in (contiguous).
+        cpu_eager = self.device.type == "cpu" and not cfg.compile
+        self.memory_format = torch.channels_last if cpu_eager else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         if cfg.freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
@@ -362,7 +370,7 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
     def _training_state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
         return {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "optimizer_param_names": group_param_names(self.model, self.optimizer.param_groups),
@@ -383,7 +391,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(self._optimizer_state(state))
+        load_optimizer_state(self.optimizer, self._optimizer_state(state))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = int(state["epoch"])
@@ -455,7 +463,7 @@ class Trainer:
         self.model.load_state_dict(snap["model"])
         if self.ema is not None and snap.get("ema"):
             self.ema.load_state_dict(snap["ema"])
-        self.optimizer.load_state_dict(snap["optimizer"])
+        load_optimizer_state(self.optimizer, snap["optimizer"])
         if self.scaler is not None and snap.get("scaler"):
             self.scaler.load_state_dict(snap["scaler"])
         self.stage2_reloads += 1
@@ -509,7 +517,7 @@ class Trainer:
             batches = self.progress(StatusIterable(batches, status.text), f"epoch {epoch + 1}/{self.recipe.epochs}",
                                     len(self.loader))
         for step, (images, targets) in enumerate(batches, start=first):
-            images = images.to(self.device, non_blocking=True)
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             tgts = _targets_to(targets, self.device)
             apply_lr(self.optimizer, lr_factor(self.schedule, self.global_step))
             with self.autocast:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from dfine_cli.models.layers import fuse_conv_bn
+from dfine_cli.models.layers import AccurateBatchNorm2d, fuse_conv_bn
 from dfine_cli.models.presets import BackboneSpec, StageSpec
 
 
@@ -69,7 +69,7 @@ class ConvBNAct(nn.Module):
         self.conv = nn.Conv2d(
             in_ch, out_ch, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False
         )
-        self.bn: nn.Module = nn.BatchNorm2d(out_ch)
+        self.bn: nn.Module = AccurateBatchNorm2d(out_ch)
         self.act: nn.Module = nn.ReLU() if use_act else nn.Identity()
         self.lab: nn.Module = LearnableAffine() if (use_act and use_lab) else nn.Identity()
         self.fused: nn.Conv2d | None = None
