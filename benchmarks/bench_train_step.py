@@ -53,6 +53,12 @@ def _make_step(args: argparse.Namespace) -> tuple[Callable[[], None], Callable[[
     from dfine_cli.models.build import build_model
 
     torch.set_num_threads(args.threads)
+    try:  # as `dfine train` runs (DFINE_MALLOC=default: glibc's own)
+        from dfine_cli.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    except ImportError:  # an older tree (``--compare``)
+        pass
     torch.manual_seed(0)
     model = build_model(args.size, num_classes=80, variant=args.recipe).train()
     criterion = build_criterion(args.recipe)  # type: ignore[arg-type]

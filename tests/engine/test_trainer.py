@@ -71,11 +71,17 @@ def test_train_writes_run_files_and_custom_ids_flow_through(tiny_data, tmp_path)
     assert set(out.names) <= {"square", "circle", "triangle"}
 
 
-def test_cpu_training_runs_channels_last_and_saves_contiguous_weights(tiny_data, tmp_path):
+def test_cpu_training_runs_channels_last_and_saves_contiguous_weights(tiny_data, tmp_path, monkeypatch):
     """Eager CPU training keeps parameters, EMA copy and moments channels-last; the files hold
-    contiguous tensors, so they load anywhere whatever layout the run trained in."""
+    contiguous tensors, so they load anywhere whatever layout the run trained in. Training
+    keeps freed memory for reuse, as the inference commands do (dfine_cli.allocator)."""
+    import dfine_cli.engine.trainer as trainer_module
+
+    malloc: list[str] = []
+    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: malloc.append("set") or "set")
     trainer = Trainer(tiny_config(tiny_data, tmp_path / "run", epochs=1))
     trainer.fit()
+    assert malloc == ["set"]
     cl = torch.channels_last
     weight = trainer.model.backbone.stem.stem1.conv.weight
     assert weight.is_contiguous(memory_format=cl) and not weight.is_contiguous()

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from dfine_cli.allocator import keep_freed_memory
 from dfine_cli.checkpoints import (
     ModelInfo,
     checkpoint_payload,
@@ -214,6 +215,7 @@ class Trainer:
         cfg = self.cfg
         self._claim_run_dir()
         self.device = resolve_device(cfg.device)
+        keep_freed_memory()  # a step's freed activations are reused, not faulted in again
         if self.dist.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         torch.manual_seed(cfg.seed)
