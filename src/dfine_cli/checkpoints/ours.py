@@ -68,12 +68,18 @@ def read_ours(obj: dict[str, Any], path: Path, variant: str | None) -> LoadedChe
     return LoadedCheckpoint(info=info, state_dict=state, training=obj.get("training"))
 
 
+def portable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights as files hold them: on the CPU and contiguous, whatever device and
+    memory format the model ran in."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
 def checkpoint_payload(
     model: torch.nn.Module, info: ModelInfo, training: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The dict :func:`save_payload` writes: weights on the CPU (contiguous, whatever memory
-    format the model trained in), metadata, optional training state."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """The dict :func:`save_payload` writes: :func:`portable_state_dict` weights, metadata,
+    optional training state."""
+    state = portable_state_dict(model)
     payload: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
     payload.update(info.to_dict())
     payload["model"] = state

@@ -27,6 +27,7 @@ from dfine_cli.checkpoints import (
     ModelInfo,
     checkpoint_payload,
     load_weights,
+    portable_state_dict,
     read_checkpoint,
     save_payload,
 )
@@ -372,7 +373,7 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
     def _training_state(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
         return {
-            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+            "model": portable_state_dict(self.model),
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "optimizer_param_names": group_param_names(self.model, self.optimizer.param_groups),

@@ -96,7 +96,7 @@ class _ChannelsLastBatchNormFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grads = torch.ops.aten.native_batch_norm_backward(
             grad.contiguous(memory_format=torch.channels_last), x, weight, None, None, mean,
-            invstd, True, ctx.eps, [needs[0], weight is not None and needs[1], needs[2]],
+            invstd, True, ctx.eps, [needs[0], needs[1], needs[2]],
         )
         return grads[0], grads[1], grads[2], None
 
