@@ -101,3 +101,105 @@ def test_stem_max_pool_matches_the_pooling_kernel_forward_and_backward() -> None
     F.max_pool2d(ref, 2, stride=1).backward(grad)
     assert ours.grad is not None and ref.grad is not None
     torch.testing.assert_close(ours.grad, ref.grad, rtol=0, atol=0)
+
+
+def _training_pair(scale: float, bias: float, use_lab: bool) -> tuple[ConvBNAct, ConvBNAct]:
+    """A training block in channels-last (the fused path) and its contiguous twin."""
+    torch.manual_seed(3)
+    block = ConvBNAct(8, 16, 3, use_lab=use_lab).train()
+    _randomise(block, scale, bias)
+    twin = copy.deepcopy(block)
+    return block.to(memory_format=torch.channels_last), twin
+
+
+@pytest.mark.parametrize(
+    ("scale", "bias", "use_lab"),
+    [(1.3, 0.2, True), (-0.7, 0.4, True), (1.0, -0.3, True), (1.0, 0.0, False)],
+)
+def test_training_norm_relu_lab_fused_in_channels_last_matches_the_modules(
+    scale: float, bias: float, use_lab: bool
+) -> None:
+    """CPU channels-last training runs BatchNorm + ReLU (+ LAB) as one function; over two steps
+    its outputs, every gradient (LAB scale and bias included) and the running statistics follow
+    the three modules run one after another, for either sign of the scale."""
+    fused, plain = _training_pair(scale, bias, use_lab)
+    for step in range(2):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randn(4, 8, 20, 20, generator=g) * 2.0 + 1.0
+        grad = torch.randn(4, 16, 20, 20, generator=g)
+        a = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        b = x.clone().requires_grad_()
+        out_a, out_b = fused(a), plain(b)
+        assert "ReLUAffine" in type(out_a.grad_fn).__name__
+        assert out_a.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=2e-6)
+        out_a.backward(grad)
+        out_b.backward(grad)
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+        params_b = dict(plain.named_parameters())
+        for name, p in fused.named_parameters():
+            q = params_b[name]
+            assert p.grad is not None and q.grad is not None, name
+            # sums over 6,400 terms of size ~100 (the conv's also differ by its layout)
+            assert float((p.grad - q.grad).norm() / q.grad.norm()) < 1e-5, name
+            p.grad, q.grad = None, None
+        buffers_b = dict(plain.named_buffers())
+        for name, buf in fused.named_buffers():
+            torch.testing.assert_close(buf, buffers_b[name], rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_training_fused_lab_gradient_is_as_accurate_as_the_modules() -> None:
+    """The LAB scale's gradient comes from the norm's per-channel sums; against float64 it is
+    as close as the modules' own (a wrong shift term, for instance, is off by far more)."""
+    fused, plain = _training_pair(1.3, 0.2, True)
+    exact = copy.deepcopy(plain).double()
+    x = torch.randn(4, 8, 20, 20, generator=torch.Generator().manual_seed(5)) * 3.0 + 2.0
+    grad = torch.randn(4, 16, 20, 20, generator=torch.Generator().manual_seed(6))
+    fused(x.contiguous(memory_format=torch.channels_last)).backward(grad)
+    plain(x).backward(grad)
+    exact(x.double()).backward(grad.double())
+    for name in ("lab.scale", "lab.bias", "bn.weight", "bn.bias", "conv.weight"):
+        want = dict(exact.named_parameters())[name].grad
+        errors = [float((dict(m.named_parameters())[name].grad.double() - want).norm() / want.norm())
+                  for m in (fused, plain)]
+        assert errors[0] < max(3 * errors[1], 1e-6), (name, errors)
+
+
+def test_training_zero_lab_scale_and_frozen_parameters() -> None:
+    """A LAB scale of exactly zero takes the modules (the output then says nothing about the
+    ReLU); frozen norm and LAB parameters get no gradient on the fused path."""
+    fused, plain = _training_pair(0.0, 0.1, True)
+    x = torch.randn(2, 8, 10, 10)
+    out = fused(x.contiguous(memory_format=torch.channels_last))
+    assert "ReLUAffine" not in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, plain(x), rtol=1e-5, atol=2e-6)
+
+    frozen, _ = _training_pair(1.3, 0.2, True)
+    for p in (*frozen.bn.parameters(), *frozen.lab.parameters()):
+        p.requires_grad_(False)
+    a = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = frozen(a)
+    assert "ReLUAffine" in type(out.grad_fn).__name__
+    out.sum().backward()
+    assert a.grad is not None and frozen.conv.weight.grad is not None
+    assert all(p.grad is None for p in (*frozen.bn.parameters(), *frozen.lab.parameters()))
+
+
+def test_training_fused_backward_takes_a_channel_slice_of_a_gradient() -> None:
+    """Blocks concatenate their layers' outputs, so the gradient reaching a layer is a channel
+    slice of a channels-last tensor (neither layout's contiguous form)."""
+    fused, plain = _training_pair(1.3, -0.2, True)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 8, 12, 12, generator=g)
+    other = torch.randn(2, 5, 12, 12, generator=g)
+    grad = torch.randn(2, 21, 12, 12, generator=g).contiguous(memory_format=torch.channels_last)
+    a = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    b = x.clone().requires_grad_()
+    torch.cat([other.contiguous(memory_format=torch.channels_last), fused(a)], 1).backward(grad)
+    torch.cat([other, plain(b)], 1).backward(grad.contiguous())
+    assert a.grad is not None and b.grad is not None
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        assert float((p.grad - q.grad).norm() / q.grad.norm()) < 1e-5, name

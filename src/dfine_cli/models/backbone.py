@@ -75,8 +75,15 @@ class ConvBNAct(nn.Module):
         self.fused: nn.Conv2d | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.fused(x) if self.fused is not None else self.bn(self.conv(x))
-        return self.lab(self.act(x))
+        if self.fused is not None:
+            return self.lab(self.act(self.fused(x)))
+        x = self.conv(x)
+        if isinstance(self.act, nn.ReLU) and isinstance(self.bn, AccurateBatchNorm2d):
+            lab = self.lab if isinstance(self.lab, LearnableAffine) else None
+            out = self.bn.forward_relu_affine(x, lab)  # training, channels-last, on the CPU
+            if out is not None:
+                return out
+        return self.lab(self.act(self.bn(x)))
 
     def fuse(self) -> None:
         """Fold the norm, and a LAB with its ReLU, into the conv (inference only)."""

@@ -65,23 +65,32 @@ class MLP(nn.Module):
         return x
 
 
+def _batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance per channel of a channels-last ``[N, C, H, W]`` tensor.
+
+    Column sums of the ``[N*H*W, C]`` view, which torch reduces with cascaded partial sums, in
+    two passes (mean, then squared deviations).
+    """
+    channels = x.shape[1]
+    count = x.numel() // channels
+    rows = x.permute(0, 2, 3, 1).reshape(count, channels)  # a view for channels-last
+    mean = rows.sum(0).div_(count)
+    var = (rows - mean).square_().sum(0).div_(count)
+    return mean, var
+
+
 class _ChannelsLastBatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm of a channels-last CPU tensor with accurately summed statistics.
 
-    The batch mean and (biased) variance are column sums of the ``[N*H*W, C]`` view, which
-    torch reduces with cascaded partial sums, in two passes (mean, then squared deviations).
-    Normalisation and the backward are torch's own channels-last kernels.
+    The statistics come from :func:`_batch_statistics`; normalisation and the backward are
+    torch's own channels-last kernels.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
-        channels = x.shape[1]
-        count = x.numel() // channels
-        rows = x.permute(0, 2, 3, 1).reshape(count, channels)  # a view for channels-last
-        mean = rows.sum(0).div_(count)
-        var = (rows - mean).square_().sum(0).div_(count)
+        mean, var = _batch_statistics(x)
         out = torch.ops.aten.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
         ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + eps))
         ctx.eps = eps
@@ -101,6 +110,74 @@ class _ChannelsLastBatchNormFunction(torch.autograd.Function):
         return grads[0], grads[1], grads[2], None
 
 
+class _ChannelsLastBatchNormReLUAffineFunction(torch.autograd.Function):
+    """``scale * relu(batch_norm(x)) + shift`` in training mode, channels-last, on the CPU.
+
+    The backbone's conv blocks end in batch norm, ReLU and a learnable affine (LAB) with scalar
+    ``scale`` and ``shift``; computed one after another that is four passes over the map
+    forward, and the backward adds five more and keeps the ReLU's output alive. For
+    ``scale != 0`` the three fold into one batch-norm pass and a clamp: with ``u`` the batch
+    norm under weight ``scale * gamma`` and bias ``scale * beta + shift``, the output is
+    ``max(u, shift)`` for ``scale > 0`` and ``min(u, shift)`` for ``scale < 0``. The output
+    also tells where the ReLU passed (``y != shift``), so the backward needs no other saved
+    map: the gradient reaching the norm is ``grad`` there and zero elsewhere, and batch norm's
+    own backward, run with weight ``scale * gamma``, returns the input gradient and the sums
+    ``sum(g * x_hat)`` and ``sum(g)`` per channel, from which the weight, bias and scale
+    gradients follow (``relu(z) = z`` where it passed, with ``z = gamma * x_hat + beta``).
+    The batch statistics are those of :class:`_ChannelsLastBatchNormFunction`.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        scale: Tensor | None,
+        shift: Tensor | None,
+        scale_value: float,
+        shift_value: float,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        mean, var = _batch_statistics(x)
+        out = torch.ops.aten.native_batch_norm(
+            x, weight * scale_value, bias * scale_value + shift_value, mean, var, False, 0.0, eps
+        )[0]
+        if scale_value > 0:
+            out.clamp_min_(shift_value)
+        else:
+            out.clamp_max_(shift_value)
+        ctx.save_for_backward(x, weight, bias, mean, torch.rsqrt(var + eps), out)
+        ctx.scale_value, ctx.shift_value, ctx.eps = scale_value, shift_value, eps
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: Tensor, _grad_mean: Tensor | None, _grad_var: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        x, weight, bias, mean, invstd, out = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        s, b = ctx.scale_value, ctx.shift_value
+        # ``grad`` may be a channel slice (the blocks concatenate their layers' outputs); the
+        # mask writes a fresh channels-last tensor from it, so it needs no copy of its own
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        if s > 0:
+            passed = torch.ops.aten.threshold_backward(grad, out, b)
+        else:
+            passed = torch.where(out < b, grad, 0.0)
+        need_sums = needs[1] or needs[2] or needs[3]
+        grad_x, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
+            passed, x, weight * s, None, None, mean, invstd, True, ctx.eps,
+            [needs[0], need_sums, need_sums],
+        )
+        grad_weight = sum_gx * s if needs[1] else None
+        grad_bias = sum_g * s if needs[2] else None
+        grad_scale = (weight * sum_gx + bias * sum_g).sum().reshape(1) if needs[3] else None
+        grad_shift = grad.sum().reshape(1) if needs[4] else None
+        return grad_x, grad_weight, grad_bias, grad_scale, grad_shift, None, None, None
+
+
 class AccurateBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose training-mode statistics stay accurate in channels-last.
 
@@ -114,8 +191,9 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
     mode included, is ``nn.BatchNorm2d`` itself; state-dict keys are the same.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not (
+    def takes_accurate_path(self, x: Tensor) -> bool:
+        """Whether ``x`` gets the accurately summed channels-last statistics."""
+        return (
             self.training
             and x.dim() == 4
             and x.device.type == "cpu"
@@ -127,9 +205,41 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
             and self.num_batches_tracked is not None
             and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
-        ):
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.takes_accurate_path(x):
             return super().forward(x)
         out, mean, var = _ChannelsLastBatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+        self._track(x, mean, var)
+        return cast(Tensor, out)
+
+    def forward_relu_affine(self, x: Tensor, lab: nn.Module | None) -> Tensor | None:
+        """``lab(relu(self(x)))`` in one fused pass, or None where that does not apply.
+
+        ``lab`` is a module with scalar ``scale`` and ``bias`` parameters (the backbone's
+        learnable affine) or None for a plain ReLU. It applies on the accurate path, with
+        affine parameters and a nonzero scale (see
+        :class:`_ChannelsLastBatchNormReLUAffineFunction`).
+        """
+        if not (self.affine and self.takes_accurate_path(x)):
+            return None
+        scale = cast(Tensor, lab.scale) if lab is not None else None
+        shift = cast(Tensor, lab.bias) if lab is not None else None
+        scale_value = float(scale.detach()) if scale is not None else 1.0
+        shift_value = float(shift.detach()) if shift is not None else 0.0
+        if scale_value == 0.0:
+            return None
+        out, mean, var = _ChannelsLastBatchNormReLUAffineFunction.apply(
+            x, self.weight, self.bias, scale, shift, scale_value, shift_value, self.eps
+        )
+        self._track(x, mean, var)
+        return cast(Tensor, out)
+
+    def _track(self, x: Tensor, mean: Tensor, var: Tensor) -> None:
+        """Update the running statistics and counter as ``nn.BatchNorm2d`` does."""
+        assert self.running_mean is not None and self.running_var is not None
+        assert self.num_batches_tracked is not None
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             factor = (
@@ -139,7 +249,6 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
             unbiased = var.double() * (count / max(count - 1, 1))
             for running, batch in ((self.running_mean, mean.double()), (self.running_var, unbiased)):
                 running.copy_(batch * factor + running.double() * (1.0 - factor))
-        return cast(Tensor, out)
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
