@@ -80,75 +80,55 @@ def _batch_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _ChannelsLastBatchNormFunction(torch.autograd.Function):
-    """Training-mode batch norm of a channels-last CPU tensor with accurately summed statistics.
+    """Training-mode batch norm of a channels-last CPU tensor, optionally with ReLU and LAB.
 
     The statistics come from :func:`_batch_statistics`; normalisation and the backward are
     torch's own channels-last kernels.
-    """
 
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        mean, var = _batch_statistics(x)
-        out = torch.ops.aten.native_batch_norm(x, weight, bias, mean, var, False, 0.0, eps)[0]
-        ctx.save_for_backward(x, weight, mean, torch.rsqrt(var + eps))
-        ctx.eps = eps
-        ctx.mark_non_differentiable(mean, var)
-        return out, mean, var
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad: Tensor, _grad_mean: Tensor | None, _grad_var: Tensor | None
-    ) -> tuple[Tensor | None, ...]:
-        x, weight, mean, invstd = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grads = torch.ops.aten.native_batch_norm_backward(
-            grad.contiguous(memory_format=torch.channels_last), x, weight, None, None, mean,
-            invstd, True, ctx.eps, [needs[0], needs[1], needs[2]],
-        )
-        return grads[0], grads[1], grads[2], None
-
-
-class _ChannelsLastBatchNormReLUAffineFunction(torch.autograd.Function):
-    """``scale * relu(batch_norm(x)) + shift`` in training mode, channels-last, on the CPU.
-
-    The backbone's conv blocks end in batch norm, ReLU and a learnable affine (LAB) with scalar
-    ``scale`` and ``shift``; computed one after another that is four passes over the map
-    forward, and the backward adds five more and keeps the ReLU's output alive. For
-    ``scale != 0`` the three fold into one batch-norm pass and a clamp: with ``u`` the batch
-    norm under weight ``scale * gamma`` and bias ``scale * beta + shift``, the output is
+    With ``relu`` the function is ``scale * relu(batch_norm(x)) + shift`` (the backbone's conv
+    blocks: batch norm, ReLU and a learnable affine, LAB, with scalar ``scale`` and ``shift``;
+    a plain ReLU is ``scale = 1, shift = 0``). Computed one after another that is four passes
+    over the map forward, the backward adds five more and keeps the ReLU's output alive. For
+    ``scale != 0`` they fold into one batch-norm pass and a clamp: with ``u`` the batch norm
+    under weight ``scale * gamma`` and bias ``scale * beta + shift``, the output is
     ``max(u, shift)`` for ``scale > 0`` and ``min(u, shift)`` for ``scale < 0``. The output
     also tells where the ReLU passed (``y != shift``), so the backward needs no other saved
     map: the gradient reaching the norm is ``grad`` there and zero elsewhere, and batch norm's
     own backward, run with weight ``scale * gamma``, returns the input gradient and the sums
     ``sum(g * x_hat)`` and ``sum(g)`` per channel, from which the weight, bias and scale
     gradients follow (``relu(z) = z`` where it passed, with ``z = gamma * x_hat + beta``).
-    The batch statistics are those of :class:`_ChannelsLastBatchNormFunction`.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         x: Tensor,
-        weight: Tensor,
-        bias: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
         scale: Tensor | None,
         shift: Tensor | None,
+        eps: float,
+        relu: bool,
         scale_value: float,
         shift_value: float,
-        eps: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
         mean, var = _batch_statistics(x)
-        out = torch.ops.aten.native_batch_norm(
-            x, weight * scale_value, bias * scale_value + shift_value, mean, var, False, 0.0, eps
-        )[0]
-        if scale_value > 0:
-            out.clamp_min_(shift_value)
+        weight_used: Tensor | None
+        bias_used: Tensor | None
+        if relu:
+            assert weight is not None and bias is not None
+            weight_used, bias_used = weight * scale_value, bias * scale_value + shift_value
         else:
+            weight_used, bias_used = weight, bias
+        out = torch.ops.aten.native_batch_norm(
+            x, weight_used, bias_used, mean, var, False, 0.0, eps
+        )[0]
+        if relu and scale_value > 0:
+            out.clamp_min_(shift_value)
+        elif relu:
             out.clamp_max_(shift_value)
-        ctx.save_for_backward(x, weight, bias, mean, torch.rsqrt(var + eps), out)
-        ctx.scale_value, ctx.shift_value, ctx.eps = scale_value, shift_value, eps
+        ctx.save_for_backward(x, weight, bias, mean, torch.rsqrt(var + eps), out if relu else None)
+        ctx.eps, ctx.relu, ctx.scale_value, ctx.shift_value = eps, relu, scale_value, shift_value
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
@@ -159,9 +139,15 @@ class _ChannelsLastBatchNormReLUAffineFunction(torch.autograd.Function):
         x, weight, bias, mean, invstd, out = ctx.saved_tensors
         needs = ctx.needs_input_grad
         s, b = ctx.scale_value, ctx.shift_value
-        # ``grad`` may be a channel slice (the blocks concatenate their layers' outputs); the
-        # mask writes a fresh channels-last tensor from it, so it needs no copy of its own
+        # a channel slice after a concatenation, or a contiguous gradient, becomes one dense
+        # channels-last tensor (the kernels below need it; measured faster than masking it as is)
         grad = grad.contiguous(memory_format=torch.channels_last)
+        if not ctx.relu:
+            grads = torch.ops.aten.native_batch_norm_backward(
+                grad, x, weight, None, None, mean, invstd, True, ctx.eps,
+                [needs[0], needs[1], needs[2]],
+            )
+            return grads[0], grads[1], grads[2], None, None, None, None, None, None
         if s > 0:
             passed = torch.ops.aten.threshold_backward(grad, out, b)
         else:
@@ -175,7 +161,7 @@ class _ChannelsLastBatchNormReLUAffineFunction(torch.autograd.Function):
         grad_bias = sum_g * s if needs[2] else None
         grad_scale = (weight * sum_gx + bias * sum_g).sum().reshape(1) if needs[3] else None
         grad_shift = grad.sum().reshape(1) if needs[4] else None
-        return grad_x, grad_weight, grad_bias, grad_scale, grad_shift, None, None, None
+        return grad_x, grad_weight, grad_bias, grad_scale, grad_shift, None, None, None, None
 
 
 class AccurateBatchNorm2d(nn.BatchNorm2d):
@@ -210,7 +196,9 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.takes_accurate_path(x):
             return super().forward(x)
-        out, mean, var = _ChannelsLastBatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+        out, mean, var = _ChannelsLastBatchNormFunction.apply(
+            x, self.weight, self.bias, None, None, self.eps, False, 1.0, 0.0
+        )
         self._track(x, mean, var)
         return cast(Tensor, out)
 
@@ -220,7 +208,7 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
         ``lab`` is a module with scalar ``scale`` and ``bias`` parameters (the backbone's
         learnable affine) or None for a plain ReLU. It applies on the accurate path, with
         affine parameters and a nonzero scale (see
-        :class:`_ChannelsLastBatchNormReLUAffineFunction`).
+        :class:`_ChannelsLastBatchNormFunction`).
         """
         if not (self.affine and self.takes_accurate_path(x)):
             return None
@@ -230,8 +218,8 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
         shift_value = float(shift.detach()) if shift is not None else 0.0
         if scale_value == 0.0:
             return None
-        out, mean, var = _ChannelsLastBatchNormReLUAffineFunction.apply(
-            x, self.weight, self.bias, scale, shift, scale_value, shift_value, self.eps
+        out, mean, var = _ChannelsLastBatchNormFunction.apply(
+            x, self.weight, self.bias, scale, shift, self.eps, True, scale_value, shift_value
         )
         self._track(x, mean, var)
         return cast(Tensor, out)
