@@ -196,11 +196,7 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.takes_accurate_path(x):
             return super().forward(x)
-        out, mean, var = _ChannelsLastBatchNormFunction.apply(
-            x, self.weight, self.bias, None, None, self.eps, False, 1.0, 0.0
-        )
-        self._track(x, mean, var)
-        return cast(Tensor, out)
+        return self._normalise(x, None, None, False, 1.0, 0.0)
 
     def forward_relu_affine(self, x: Tensor, lab: nn.Module | None) -> Tensor | None:
         """``lab(relu(self(x)))`` in one fused pass, or None where that does not apply.
@@ -218,14 +214,22 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
         shift_value = float(shift.detach()) if shift is not None else 0.0
         if scale_value == 0.0:
             return None
-        out, mean, var = _ChannelsLastBatchNormFunction.apply(
-            x, self.weight, self.bias, scale, shift, self.eps, True, scale_value, shift_value
-        )
-        self._track(x, mean, var)
-        return cast(Tensor, out)
+        return self._normalise(x, scale, shift, True, scale_value, shift_value)
 
-    def _track(self, x: Tensor, mean: Tensor, var: Tensor) -> None:
-        """Update the running statistics and counter as ``nn.BatchNorm2d`` does."""
+    def _normalise(
+        self,
+        x: Tensor,
+        scale: Tensor | None,
+        shift: Tensor | None,
+        relu: bool,
+        scale_value: float,
+        shift_value: float,
+    ) -> Tensor:
+        """Run :class:`_ChannelsLastBatchNormFunction` and update the running statistics and
+        counter as ``nn.BatchNorm2d`` does."""
+        out, mean, var = _ChannelsLastBatchNormFunction.apply(
+            x, self.weight, self.bias, scale, shift, self.eps, relu, scale_value, shift_value
+        )
         assert self.running_mean is not None and self.running_var is not None
         assert self.num_batches_tracked is not None
         with torch.no_grad():
@@ -237,6 +241,7 @@ class AccurateBatchNorm2d(nn.BatchNorm2d):
             unbiased = var.double() * (count / max(count - 1, 1))
             for running, batch in ((self.running_mean, mean.double()), (self.running_var, unbiased)):
                 running.copy_(batch * factor + running.double() * (1.0 - factor))
+        return cast(Tensor, out)
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
