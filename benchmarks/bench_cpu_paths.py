@@ -1,4 +1,5 @@
-"""CPU deployment paths side by side: torch fp32/bf16, ONNX Runtime, OpenVINO fp32/bf16/int8.
+"""CPU deployment paths side by side: torch fp32/bf16, ONNX Runtime, OpenVINO fp32/bf16/int8
+(and int8 with its float parts in bf16).
 
 Part 1, latency: random-weight presets (latency does not depend on weight values) at
 ``--img-size``, batch 1, ``--threads`` threads; per path the model stage (network + in-graph
@@ -7,7 +8,8 @@ top-K) and end to end (preprocess + model + postprocess), median / p90 / min ove
 paths of one size are measured interleaved (``--rounds`` rounds of ``--iters / --rounds``
 runs each, round-robin), so that a change in machine load hits every path alike; the
 figures are medians over all runs. OpenVINO int8 is the IR ``dfine export --format openvino
---int8`` writes, calibrated on synthetic images (latency only).
+--int8`` writes, calibrated on synthetic images (latency only); int8+bf16 runs that IR as
+``dfine predict IR.xml --bf16`` does, its float parts in bf16.
 
 With ``--official DIR`` (a checkout of the official D-FINE repository, used read-only and
 only by this script), the official deploy model (``model.deploy()`` + ``postprocessor.deploy()``
@@ -36,8 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+#: ``openvino:int8+bf16`` is the INT8 IR with its float parts (the parts the INT8 scope keeps
+#: float, and the operations NNCF does not quantize) in bf16: ``dfine predict IR.xml --bf16``.
 PATHS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
-         ("openvino", "bf16"), ("openvino", "int8")]
+         ("openvino", "bf16"), ("openvino", "int8"), ("openvino", "int8+bf16")]
 
 
 def main() -> None:
@@ -124,10 +128,11 @@ def main() -> None:
                                                                 args.img_size)
             for backend, precision in paths:
                 try:
-                    if precision == "int8":
+                    if precision.startswith("int8"):
                         xml = _int8_ir(weights, args.img_size, Path(tmp), args.calib_images)
-                        loaded = load_bench_detector(xml, backend=backend, threads=args.threads,
-                                                     work_dir=Path(tmp))
+                        loaded = load_bench_detector(
+                            xml, backend=backend, threads=args.threads, work_dir=Path(tmp),
+                            precision="bf16" if precision == "int8+bf16" else "fp32")
                     else:
                         loaded = load_bench_detector(weights, backend=backend,
                                                      precision=precision, threads=args.threads,
@@ -176,6 +181,8 @@ def _int8_ir(weights: str, img_size: int, work_dir: Path, calib_images: int) -> 
         det = Detector.from_preset(weights, num_classes=80, img_size=img_size)
     assert det.model is not None and det.info is not None
     xml = work_dir / f"{Path(weights).stem}_{img_size}_int8.xml"
+    if xml.is_file():  # int8 and int8+bf16 run the same IR
+        return xml
     export_openvino(det.model, det.info, xml, img_size=(img_size, img_size), check=False,
                     dynamic_batch=False,
                     int8=Int8Options(calibration_images(calib, calib_images), calib_images))
@@ -236,7 +243,7 @@ def _accuracy(args: argparse.Namespace, work_dir: Path, cache: dict[str, Path]) 
     print("path\tAP\tAP50\tdelta AP vs torch fp32\tmax |score diff| vs torch fp32 (top 100)")
     reference = None
     for backend, precision in PATHS:
-        if precision == "int8":  # an IR of its own: see bench_int8.py
+        if precision.startswith("int8"):  # an IR of its own: see bench_int8.py
             continue
         loaded = load_bench_detector(args.weights, backend=backend, precision=precision,
                                      threads=args.threads, work_dir=work_dir, onnx_cache=cache)

@@ -7,7 +7,9 @@ path is scored with COCO AP on ``--split`` and timed at batch 1 with ``--threads
 (model stage and end to end, median over ``--rounds`` interleaved rounds of
 ``--iters / --rounds`` runs, so that load from other processes hits every path alike).
 The table says, per INT8 scope, whether it meets the goal: AP within ``--tolerance`` AP
-(points, 0..100) of OpenVINO FP32 and a model stage faster than OpenVINO BF16.
+(points, 0..100) of OpenVINO FP32 and a model stage faster than OpenVINO BF16. Where the
+CPU runs bf16, each scope's IR is also run with its float parts in bf16 (``+bf16``, what
+``dfine predict IR.xml --bf16`` runs).
 
     python benchmarks/bench_int8.py runs/demo/exp/train/best.pth --data runs/demo/exp/data
     python benchmarks/bench_int8.py best.pth --data shapes/ --scopes none heads --calib-images 96
@@ -158,6 +160,10 @@ def _load_paths(args: argparse.Namespace, det: Any, calib: list[Path],
                   f"{time.perf_counter() - start:.0f} s", flush=True)
         paths[f"openvino:int8:{scope}"] = (Detector(OpenVINOBackend(xml, threads=args.threads)),
                                            summary)
+        if "openvino:bf16" in paths:  # the same IR, its float parts in bf16 (predict --bf16)
+            paths[f"openvino:int8:{scope}+bf16"] = (
+                Detector(OpenVINOBackend(xml, threads=args.threads, precision="bf16")),
+                {**summary, "scope": f"{scope}, rest bf16"})
     return paths
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from dfine_cli.backends import backend_for_file
+from dfine_cli.backends import backend_for_file, check_precision
 from dfine_cli.backends.base import Backend, BackendMeta
 from dfine_cli.backends.torch_backend import TorchBackend
 from dfine_cli.checkpoints import ModelInfo, load_model, save_checkpoint
@@ -32,7 +32,7 @@ from dfine_cli.detection_filter import (
     detection_filter,
 )
 from dfine_cli.detector_options import DEFAULT_CONF
-from dfine_cli.devices import resolve_backend_device, resolve_device
+from dfine_cli.devices import resolve_backend_device, resolve_device, slow_bf16_note
 from dfine_cli.errors import UsageError
 from dfine_cli.image_size import DEFAULT_IMG_SIZE, check_img_size
 from dfine_cli.media import read_image_rgb
@@ -123,7 +123,8 @@ def network_input(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return TF.to_dtype(image, torch.float32, scale=True)
 
 
-def _load_backend(path: Path, backend: str, device: str | torch.device | None, threads: int | None) -> Backend:
+def _load_backend(path: Path, backend: str, device: str | torch.device | None, threads: int | None,
+                  precision: str = "fp32") -> Backend:
     if backend == "onnxruntime":
         from dfine_cli.backends.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -133,8 +134,8 @@ def _load_backend(path: Path, backend: str, device: str | torch.device | None, t
     if backend == "openvino":
         from dfine_cli.backends.openvino_backend import OpenVINOBackend
 
-        # fp32 here: predict/eval give the model's own numbers; bf16 is a bench choice.
-        return OpenVINOBackend(path, threads=threads, precision="fp32", device=device)
+        # fp32 unless asked (--bf16/--fp16): by default the model's own numbers
+        return OpenVINOBackend(path, threads=threads, precision=precision, device=device)
     if backend == "tensorrt":
         from dfine_cli.backends.tensorrt_backend import TensorRTBackend
 
@@ -246,13 +247,39 @@ class Detector:
         device: str | None = "cpu",
         variant: str | None = None,
         threads: int | None = None,
+        precision: str = "fp32",
     ) -> Detector:
-        """Any weights file with the right backend (``None``/``auto``: by file extension)."""
+        """Any weights file with the right backend (``None``/``auto``: by file extension).
+
+        ``precision`` (``fp32``, ``bf16``, ``fp16``): torch runs the model under autocast at
+        that precision (fp16 on CUDA only); OpenVINO gets it as its inference-precision hint
+        (an INT8 IR then runs its float parts at it); ONNX Runtime and TensorRT engines run
+        their file's own precision, so asking them for another one is a usage error.
+        """
         path = Path(weights)
         chosen = backend_for_file(path, backend)
+        check_precision(chosen, precision, str(resolve_backend_device(chosen, device)))
         if chosen == "torch":
-            return cls.from_checkpoint(path, device=device, variant=variant)
-        return cls(_load_backend(path, chosen, device, threads))
+            detector = cls.from_checkpoint(path, device=device, variant=variant)
+            detector.set_precision(precision)
+            return detector
+        return cls(_load_backend(path, chosen, device, threads, precision))
+
+    def set_precision(self, precision: str) -> None:
+        """Run a PyTorch model under autocast at ``precision`` (``fp32``: plain float32).
+
+        Raises:
+            UsageError: the model runs on an exported backend, whose precision is chosen when
+                it is loaded (:meth:`load`), or ``precision`` cannot run on this device.
+        """
+        if not isinstance(self.backend, TorchBackend):
+            raise UsageError(f"the precision of {type(self.backend).__name__} is set when it is "
+                             "loaded (Detector.load(..., precision=...))")
+        check_precision("torch", precision, str(self.device))
+        self.backend.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16,
+                              "fp16": torch.float16}[precision]
+        if precision == "bf16" and (note := slow_bf16_note(self.device.type)):
+            log.warning("%s", note)
 
     def compile_model(self) -> None:
         """Run the torch backend's module through ``torch.compile`` (``--compile``).

@@ -34,7 +34,8 @@ class DetectorOptions:
     a device name (``auto``, ``cpu``, ``cuda:N``; see :mod:`dfine_cli.devices`); ``variant``
     the decoder variant of an official ``.pth`` (``None``: read from the file); ``threads``
     CPU threads for inference (``None``: the library's default); ``compile`` runs a PyTorch
-    model through ``torch.compile``; ``img_size`` the network
+    model through ``torch.compile``; ``precision`` the inference precision (``fp32``,
+    ``bf16``, ``fp16``; see :meth:`Detector.load`); ``img_size`` the network
     input ``(h, w)`` in pixels (``None``: the model's); ``names`` a class-names value as
     :func:`dfine_cli.data.convert.parse_names` reads it (``None``: the model's names).
     """
@@ -46,6 +47,19 @@ class DetectorOptions:
     img_size: ImageSize | None = None
     names: str | Path | None = None
     compile: bool = False  # run a PyTorch model through torch.compile (Detector.compile_model)
+    precision: str = "fp32"
+
+
+def check_options(weights: str | Path, options: DetectorOptions | None) -> None:
+    """Fail at once on choices that cannot run together (a backend that does not run the
+    precision asked for, torch fp16 on a CPU), before a dataset or the model is read."""
+    from dfine_cli.backends import backend_for_file, check_precision
+    from dfine_cli.devices import resolve_backend_device
+
+    options = options or DetectorOptions()
+    backend = backend_for_file(Path(weights), options.backend)
+    check_precision(backend, options.precision,
+                    str(resolve_backend_device(backend, options.device)))
 
 
 def open_detector(weights: str | Path, options: DetectorOptions | None = None) -> Detector:
@@ -64,7 +78,8 @@ def open_detector(weights: str | Path, options: DetectorOptions | None = None) -
 
         torch.set_num_threads(options.threads)
     detector = Detector.load(weights, backend=options.backend, device=options.device,
-                             variant=options.variant, threads=options.threads)
+                             variant=options.variant, threads=options.threads,
+                             precision=options.precision)
     if options.compile:
         detector.compile_model()
     if options.img_size is not None:

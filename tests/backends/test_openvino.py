@@ -92,6 +92,31 @@ def test_bf16_where_the_cpu_has_it(exported):
     assert np.abs(expected[2] - actual[2]).max() < 0.05
 
 
+def test_detector_load_passes_the_precision_to_openvino(exported):
+    openvino = pytest.importorskip("openvino")
+    from dfine_cli.detector import Detector
+
+    _, onnx_path = exported
+    assert Detector.load(onnx_path, backend="openvino").backend.runtime_precision() == "fp32"
+    if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(HardwareError, match="cannot run bf16"):
+            Detector.load(onnx_path, backend="openvino", precision="bf16")
+        return
+    det = Detector.load(onnx_path, backend="openvino", threads=2, precision="bf16")
+    assert det.backend.runtime_precision() == "bf16"
+
+
+def test_detector_load_refuses_a_precision_the_backend_cannot_run(exported):
+    from dfine_cli.detector import Detector
+
+    _, onnx_path = exported
+    with pytest.raises(UsageError, match="onnxruntime backend does not run bf16"):
+        Detector.load(onnx_path, precision="bf16")
+    det = Detector.load(onnx_path)
+    with pytest.raises(UsageError, match="set when it is loaded"):
+        det.set_precision("bf16")
+
+
 def test_detector_load_with_openvino(exported, rgb_image):
     pytest.importorskip("openvino")
     from dfine_cli.detector import Detector

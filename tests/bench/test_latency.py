@@ -14,7 +14,6 @@ from dfine_cli.backends.base import BackendMeta
 from dfine_cli.bench.latency import (
     STAGES,
     Stats,
-    check_precision,
     cpu_flags,
     cpu_supports_bf16,
     is_preset_name,
@@ -55,13 +54,7 @@ def test_cpu_flag_parsing():
     assert not cpu_supports_bf16({"avx2", "fma"}) and cpu_supports_bf16({"amx_bf16"})
 
 
-def test_precision_rules():
-    check_precision("openvino", "bf16", "cpu")
-    check_precision("torch", "bf16", "cpu")
-    for backend, precision, device in [("onnxruntime", "bf16", "cpu"), ("torch", "fp16", "cpu"),
-                                       ("tensorrt", "fp16", "cuda"), ("tflite", "fp32", "cpu")]:
-        with pytest.raises(UsageError):
-            check_precision(backend, precision, device)
+def test_preset_names_are_sizes_that_are_not_files():
     assert is_preset_name("n") and not is_preset_name("n.pth")
 
 

@@ -244,6 +244,19 @@ def test_img_size_outside_the_range_is_a_usage_error_everywhere(ckpt, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
 
 
+def test_precision_flags_that_cannot_run_are_usage_errors_before_any_work(ckpt, tmp_path):
+    write_jpeg(tmp_path / "a.jpg")
+    out = tmp_path / "p"
+    for command in (("predict", ckpt, tmp_path / "a.jpg", "--output", out),
+                    ("eval", ckpt, "--data", tmp_path, "--output", out),
+                    ("viz", "report", ckpt, "--data", tmp_path, "--output", out / "r.html")):
+        _one_error(dfine(*command, "--fp16", "--bf16"), 2,
+                   "usage error: choose one of --fp16 and --bf16")
+        _one_error(dfine(*command, "--fp16", "--device", "cpu"), 2,
+                   "usage error: torch fp16 needs --device cuda; on a CPU use --bf16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
+
+
 # -- export: temporary files of a killed export ------------------------------------------------
 def test_export_removes_temporary_files_of_a_killed_export(ckpt, tmp_path):
     pytest.importorskip("onnx")

@@ -201,6 +201,11 @@ def test_eval_cli_json_and_files(ckpt, tmp_path):
     assert res.returncode == 0, res.stderr
     payload = json.loads(res.stdout)
     assert payload["schema_version"] == 1 and set(payload["stats"]) >= {"AP", "AP50", "ARl"}
+    assert payload["precision"] == "fp32"
+    bf16 = run("eval", str(ckpt), "--data", str(tmp_path / "data"), "--json", "--output",
+               str(tmp_path / "ev16"), "--workers", "0", "--bf16")
+    assert bf16.returncode == 0, bf16.stderr
+    assert json.loads(bf16.stdout)["precision"] == "bf16"
     assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "per_class.csv").is_file()
     assert res.stderr.splitlines()[-1] == f"Results saved to {tmp_path / 'ev'}"
     numbered = run("eval", str(ckpt), "--data", str(tmp_path / "data"), "--workers", "0", cwd=tmp_path)

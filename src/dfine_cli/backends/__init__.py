@@ -14,6 +14,18 @@ from dfine_cli.errors import UsageError
 
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "openvino", "tensorrt")
 
+#: Inference precisions a command can ask for (``--fp16``, ``--bf16``; fp32 otherwise).
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+#: Which precisions each backend runs: torch through autocast (fp16 on CUDA only), OpenVINO
+#: through its inference-precision hint (an INT8 IR runs its float parts at that precision).
+#: ONNX Runtime runs the file's float32; an engine's precision is fixed when it is built.
+BACKEND_PRECISIONS: dict[str, frozenset[str]] = {
+    "torch": frozenset({"fp32", "bf16", "fp16"}),
+    "onnxruntime": frozenset({"fp32"}),
+    "openvino": frozenset({"fp32", "bf16", "fp16"}),
+    "tensorrt": frozenset({"fp32"}),
+}
+
 
 def backend_for_file(path: Path, backend: str | None) -> str:
     """The backend to use for ``path`` (``auto`` by extension), checked for consistency."""
@@ -37,4 +49,23 @@ def backend_for_file(path: Path, backend: str | None) -> str:
     return backend
 
 
-__all__ = ["BACKENDS", "Backend", "BackendMeta", "backend_for_file"]
+def check_precision(backend: str, precision: str, device: str) -> None:
+    """Reject backend/precision/device combinations that cannot run (usage errors).
+
+    ``device`` is the resolved device name (``cpu``, ``cuda:0``...).
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
+    if precision not in BACKEND_PRECISIONS[backend]:
+        hint = (" (an engine's precision is fixed when it is built: dfine export --format "
+                "engine [--fp16])" if backend == "tensorrt" else "")
+        raise UsageError(f"the {backend} backend does not run {precision}; it runs "
+                         f"{', '.join(sorted(BACKEND_PRECISIONS[backend]))}{hint}")
+    if backend == "torch" and precision == "fp16" and not device.startswith("cuda"):
+        raise UsageError("torch fp16 needs --device cuda; on a CPU use --bf16")
+
+
+__all__ = ["BACKENDS", "BACKEND_PRECISIONS", "PRECISIONS", "Backend", "BackendMeta",
+           "backend_for_file", "check_precision"]

@@ -94,6 +94,13 @@ def check_precision_supported(precision: str, capabilities: list[str]) -> None:
         )
 
 
+def check_openvino_precision(precision: str, device: str | torch.device | None = "cpu") -> None:
+    """Raise before any work when this machine's OpenVINO device cannot run ``precision``."""
+    ov = require("openvino", "openvino")
+    capabilities = ov.Core().get_property(openvino_device(device), "OPTIMIZATION_CAPABILITIES")
+    check_precision_supported(precision, [str(c) for c in capabilities])
+
+
 class OpenVINOBackend:
     """``(images [N,3,H,W] float32, orig_sizes [N,2] int64) -> (labels, boxes, scores)``."""
 

@@ -1,12 +1,14 @@
 """Several deployment options in one table: latency next to mAP on a dataset.
 
 An option is ``BACKEND[:PRECISION]`` (``torch``, ``onnxruntime``, ``openvino:bf16``,
-``openvino:int8``, ``tensorrt``...), run for every weights file given. ``openvino:int8``
-quantizes the checkpoint first (NNCF, see :mod:`dfine_cli.export.int8`), calibrated on the
-dataset's ``train`` split (the evaluated split when there is none), so FP32, BF16 and
-INT8 appear side by side. Every option is validated before any is
-measured, so a typo fails at once instead of after minutes of measuring. The first row is
-the reference: ``delta_ap`` is each row's AP minus the reference's AP on the same weights.
+``openvino:int8``, ``openvino:int8+bf16``, ``tensorrt``...), run for every weights file
+given. ``openvino:int8`` quantizes the checkpoint first (NNCF, see
+:mod:`dfine_cli.export.int8`), calibrated on the dataset's ``train`` split (the evaluated
+split when there is none), so FP32, BF16 and INT8 appear side by side;
+``openvino:int8+bf16`` runs the same IR with its float parts in bf16. Every option is
+validated before any is measured, so a typo fails at once instead of after minutes of
+measuring. The first row is the reference: ``delta_ap`` is each row's AP minus the
+reference's AP on the same weights.
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ from typing import Any
 
 import torch
 
-from dfine_cli.backends import BACKENDS
+from dfine_cli.backends import BACKENDS, PRECISIONS, check_precision
 from dfine_cli.bench.latency import (
-    PRECISIONS,
     Stats,
-    check_precision,
     is_preset_name,
     load_bench_detector,
     measure_latency,
@@ -37,6 +37,9 @@ log = logging.getLogger("dfine.bench.compare")
 
 #: Calibration images for ``openvino:int8`` (the ``dfine export --calib-images`` default).
 INT8_CALIB_IMAGES = 300
+#: ``int8``: the INT8 IR as ``dfine predict IR.xml`` runs it; ``int8+bf16``: its float parts in
+#: bf16, as ``dfine predict IR.xml --bf16`` runs it (CPUs with bf16).
+INT8_PRECISIONS = ("int8", "int8+bf16")
 
 COLUMNS = ("weights", "backend", "precision", "median ms", "p90 ms", "images/s", "AP", "AP50",
            "delta AP")
@@ -58,9 +61,9 @@ def parse_run(text: str) -> RunSpec:
     precision = precision or "fp32"
     if backend not in BACKENDS:
         raise UsageError(f"--run {text!r}: backend must be one of {', '.join(BACKENDS)}")
-    if precision == "int8":
+    if precision in INT8_PRECISIONS:
         if backend != "openvino":
-            raise UsageError(f"--run {text!r}: int8 runs on openvino only (openvino:int8)")
+            raise UsageError(f"--run {text!r}: int8 runs on openvino only (openvino:{precision})")
         return RunSpec(backend, precision)
     if precision not in PRECISIONS:
         raise UsageError(f"--run {text!r}: precision must be one of {', '.join(PRECISIONS)}")
@@ -69,7 +72,8 @@ def parse_run(text: str) -> RunSpec:
 
 def default_runs(int8: bool = False) -> list[RunSpec]:
     """torch fp32, ONNX Runtime, and OpenVINO fp32 (+ bf16 where the CPU has it) if installed;
-    with ``int8`` (a dataset to calibrate on is given) also OpenVINO INT8 where NNCF is installed."""
+    with ``int8`` (a dataset to calibrate on is given) also OpenVINO INT8 where NNCF is installed
+    (+ INT8 with its float parts in bf16 where the CPU has bf16)."""
     import importlib.util
 
     from dfine_cli.bench.latency import cpu_description
@@ -81,6 +85,8 @@ def default_runs(int8: bool = False) -> list[RunSpec]:
             runs.append(RunSpec("openvino", "bf16"))
         if int8 and importlib.util.find_spec("nncf") is not None:
             runs.append(RunSpec("openvino", "int8"))
+            if cpu_description()["bf16"]:
+                runs.append(RunSpec("openvino", "int8+bf16"))
     return runs
 
 
@@ -90,7 +96,8 @@ def runs_for(weights: str, runs: Sequence[RunSpec]) -> list[RunSpec]:
     if suffix in (".engine", ".trt", ".plan"):
         return [r for r in runs if r.backend == "tensorrt"]
     if suffix == ".onnx":
-        return [r for r in runs if r.backend in ("onnxruntime", "openvino") and r.precision != "int8"]
+        return [r for r in runs if r.backend in ("onnxruntime", "openvino")
+                and r.precision not in INT8_PRECISIONS]
     if suffix == ".xml":  # OpenVINO IR: its precision is in the file
         return [r for r in runs if r.backend == "openvino" and r.precision in ("fp32", "bf16")]
     return [r for r in runs if r.backend != "tensorrt"]
@@ -168,13 +175,19 @@ def compare(
             raise UsageError(f"none of the runs {[r.label for r in runs]} applies to {w}")
         for run in applicable:
             run_device = str(resolve_backend_device(run.backend, device))
-            if run.precision == "int8":
+            if run.precision in INT8_PRECISIONS:
                 if data is None:
-                    raise UsageError("openvino:int8 needs --data: its images calibrate the quantization")
+                    raise UsageError(f"{run.label} needs --data: its images calibrate the "
+                                     "quantization")
                 if run_device != "cpu":
-                    raise UsageError("openvino:int8 runs on the CPU (--device cpu)")
+                    raise UsageError(f"{run.label} runs on the CPU (--device cpu)")
             else:
                 check_precision(run.backend, run.precision, run_device)
+            if run.backend == "openvino" and run.precision not in ("fp32", "int8"):
+                from dfine_cli.backends.openvino_backend import check_openvino_precision
+
+                # bf16 on a CPU without it fails here, not after the other rows were measured
+                check_openvino_precision(run.precision.removeprefix("int8+"), run_device)
             plan.append((w, run, run_device))
     dataset = None
     if data is not None:
@@ -184,17 +197,20 @@ def compare(
     if threads:
         torch.set_num_threads(threads)
     onnx_cache: dict[str, Path] = {}
+    int8_cache: dict[str, Path] = {}
     images = synthetic_images(max(batch_size, 4), 640, 480)
     rows: list[CompareRow] = []
     reference_ap: dict[str, float] = {}
     for w, run, run_device in plan:
         log.info("measuring %s on %s", w, run.label)
-        if run.precision == "int8":
+        if run.precision in INT8_PRECISIONS:
             assert data is not None
-            xml = int8_model(w, data, split, img_size=img_size, work_dir=work_dir)
-            loaded = load_bench_detector(xml, backend="openvino", precision="fp32", device=run_device,
-                                         threads=threads, work_dir=work_dir)
-            loaded.precision = "int8"
+            if w not in int8_cache:  # int8 and int8+bf16 run the same IR
+                int8_cache[w] = int8_model(w, data, split, img_size=img_size, work_dir=work_dir)
+            loaded = load_bench_detector(int8_cache[w], backend="openvino",
+                                         precision="fp32" if run.precision == "int8" else "bf16",
+                                         device=run_device, threads=threads, work_dir=work_dir)
+            loaded.precision = run.precision
         else:
             loaded = load_bench_detector(w, backend=run.backend, precision=run.precision,
                                          device=run_device, threads=threads, img_size=img_size,

@@ -29,29 +29,18 @@ import numpy as np
 import torch
 
 from dfine_cli import __version__
-from dfine_cli.backends import BACKENDS
-from dfine_cli.backends.torch_backend import TorchBackend
+from dfine_cli.backends import check_precision
 from dfine_cli.detector import Detector, preprocess
 from dfine_cli.detector_options import DEFAULT_CONF
-from dfine_cli.devices import cpu_flags, cpu_supports_bf16, slow_bf16_note
+from dfine_cli.devices import cpu_flags, cpu_supports_bf16
 from dfine_cli.errors import UsageError
 from dfine_cli.image_size import DEFAULT_IMG_SIZE, check_img_size
 from dfine_cli.models.presets import SIZES
 
 log = logging.getLogger("dfine.bench.latency")
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 PRESET_NAMES = SIZES
 STAGES = ("preprocess", "model", "postprocess", "end_to_end")
-
-#: Which precisions each backend can run, and where (see :func:`check_precision`).
-_SUPPORTED = {
-    "torch": {"fp32", "bf16", "fp16"},  # fp16 on CUDA only
-    "onnxruntime": {"fp32"},
-    "openvino": {"fp32", "bf16", "fp16"},
-    "tensorrt": {"fp32"},  # the engine's own precision, fixed when it is built
-}
-
 
 # --------------------------------------------------------------------------- statistics
 
@@ -130,19 +119,6 @@ def library_versions() -> dict[str, str | None]:
 # --------------------------------------------------------------------------- loading
 
 
-def check_precision(backend: str, precision: str, device: str) -> None:
-    """Reject backend/precision/device combinations that cannot run (usage errors)."""
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
-    if precision not in _SUPPORTED[backend]:
-        raise UsageError(f"the {backend} backend does not run {precision} "
-                         f"(it runs {', '.join(sorted(_SUPPORTED[backend]))})")
-    if backend == "torch" and precision == "fp16" and not device.startswith("cuda"):
-        raise UsageError("torch fp16 needs --device cuda; on a CPU use --bf16")
-
-
 def is_preset_name(weights: str | Path) -> bool:
     """``n``..``x`` that is not an existing file: a randomly initialised model of that size."""
     return str(weights).lower() in PRESET_NAMES and not Path(weights).exists()
@@ -217,10 +193,7 @@ def load_bench_detector(
         if size is not None:
             det.backend.meta.img_size = size
     if backend == "torch":
-        if precision != "fp32" and isinstance(det.backend, TorchBackend):
-            det.backend.dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-            if precision == "bf16" and (note := slow_bf16_note(det.device.type)):
-                log.warning("%s", note)
+        det.set_precision(precision)
         return LoadedBench(det, backend, precision, name)
     key = f"{name}@{det.img_size[0]}x{det.img_size[1]}"
     cache = onnx_cache if onnx_cache is not None else {}

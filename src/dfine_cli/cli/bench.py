@@ -16,7 +16,9 @@ from dfine_cli.cli.options import (
     DEVICE_DEFAULT,
     Backend,
     BatchSize,
+    Bf16,
     Device,
+    Fp16,
     ImgSize,
     Json,
     MaxImages,
@@ -25,6 +27,7 @@ from dfine_cli.cli.options import (
     Threads,
     Variant,
     Verbose,
+    precision_option,
 )
 from dfine_cli.errors import UsageError
 
@@ -45,12 +48,6 @@ def _parse_size(text: str) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise UsageError(f"--source-size must be positive, got {text!r}")
     return w, h
-
-
-def _precision(fp16: bool, bf16: bool) -> str:
-    if fp16 and bf16:
-        raise UsageError("choose one of --fp16 and --bf16")
-    return "fp16" if fp16 else "bf16" if bf16 else "fp32"
 
 
 # --------------------------------------------------------------------------- info
@@ -107,8 +104,8 @@ def latency(
     threads: Threads = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed iterations first.")] = 10,
     iters: Annotated[int, typer.Option("--iters", min=1, help="Timed iterations.")] = 50,
-    fp16: Annotated[bool, typer.Option("--fp16", help="float16 (torch on CUDA, OpenVINO where supported).")] = False,
-    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 (torch autocast, OpenVINO) on CPUs with bf16.")] = False,
+    fp16: Fp16 = False,
+    bf16: Bf16 = False,
     source_size: Annotated[str, typer.Option("--source-size", help="Size WxH of the synthetic input images.")] = "640x480",
     json_out: Json = False,
     verbose: Verbose = False,
@@ -116,7 +113,7 @@ def latency(
     """Preprocess, model, postprocess and end-to-end latency (median, p90, min) and throughput."""
     from dfine_cli.bench.latency import run_latency
 
-    precision = _precision(fp16, bf16)
+    precision = precision_option(fp16, bf16)
     img_size_option(img_size)
     keep_freed_memory()  # as predict and eval run
     with tempfile.TemporaryDirectory(prefix="dfine-bench-") as tmp:

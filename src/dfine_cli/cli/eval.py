@@ -20,8 +20,10 @@ from dfine_cli.cli.options import (
     DEVICE_DEFAULT,
     Backend,
     BatchSize,
+    Bf16,
     Data,
     Device,
+    Fp16,
     ImgSize,
     Json,
     RunFolderOutput,
@@ -30,6 +32,7 @@ from dfine_cli.cli.options import (
     Variant,
     Verbose,
     WeightsPath,
+    precision_option,
 )
 
 
@@ -47,6 +50,8 @@ def evaluate(
     threads: Threads = None,
     evaluator: Annotated[str, typer.Option("--evaluator", help="faster (faster-coco-eval) or pycocotools.")] = "faster",
     output: RunFolderOutput = None,
+    fp16: Fp16 = False,
+    bf16: Bf16 = False,
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -59,13 +64,14 @@ def evaluate(
 
     options = DetectorOptions(backend=backend.value, device=device, threads=threads,
                               variant=variant.value if variant else None,
-                              img_size=img_size_option(img_size))
+                              img_size=img_size_option(img_size),
+                              precision=precision_option(fp16, bf16))
     run = evaluate_weights(weights, data, split=split, options=options, batch_size=batch_size,
                            workers=workers, evaluator=evaluator, output=output, progress=track)
     result = run.result
     if json_out:
         print_json({"command": "eval", "weights": str(weights), "split": split,
-                    "output_dir": str(run.output_dir), **json.loads(json.dumps(result.to_json()))})
+                    "precision": options.precision, "output_dir": str(run.output_dir), **json.loads(json.dumps(result.to_json()))})
     else:
         print_table("COCO bbox", ["metric", "value"], [(k, v) for k, v in result.stats.items()])
         print_table("per class", ["class", "AP", "AP50", "precision", "recall", "gt"],

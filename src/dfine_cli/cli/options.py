@@ -120,6 +120,19 @@ MaxImages = Annotated[
 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
+Fp16 = Annotated[bool, typer.Option(
+    "--fp16", help="Run in float16: torch on CUDA (autocast), OpenVINO where the CPU has it.")]
+Bf16 = Annotated[bool, typer.Option(
+    "--bf16", help="Run in bfloat16: torch (autocast) or OpenVINO, on CPUs with bf16; an INT8 "
+    "OpenVINO IR runs its float parts in it.")]
+
+
+def precision_option(fp16: bool, bf16: bool) -> str:
+    """``--fp16``/``--bf16`` -> ``fp16``, ``bf16`` or ``fp32`` (neither given)."""
+    if fp16 and bf16:
+        raise UsageError("choose one of --fp16 and --bf16")
+    return "fp16" if fp16 else "bf16" if bf16 else "fp32"
+
 
 def output_option(what: str, default: str) -> object:
     """``-o/--output`` for a command that writes ``what``; ``default`` is shown in --help."""

@@ -14,7 +14,9 @@ from dfine_cli.cli.options import (
     DEVICE_DEFAULT,
     Backend,
     BatchSize,
+    Bf16,
     Device,
+    Fp16,
     ImgSize,
     Json,
     RunFolderOutput,
@@ -22,6 +24,7 @@ from dfine_cli.cli.options import (
     Variant,
     Verbose,
     WeightsPath,
+    precision_option,
 )
 from dfine_cli.errors import DataError
 
@@ -65,6 +68,8 @@ def predict(
     threads: Threads = None,
     save: Annotated[bool, typer.Option("--save/--no-save", help="Write annotated images/videos.")] = True,
     compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="Run a PyTorch model through torch.compile (cpu needs a C++ compiler, cuda needs triton; compiles at the first image).")] = False,
+    fp16: Fp16 = False,
+    bf16: Bf16 = False,
     verbose: Verbose = False,
 ) -> None:
     """Detect objects in images and videos; write annotated copies and predictions.json.
@@ -83,7 +88,8 @@ def predict(
 
     options = DetectorOptions(backend=backend.value, device=device, threads=threads,
                               variant=variant.value if variant else None,
-                              img_size=img_size_option(img_size), names=names, compile=compile_)
+                              img_size=img_size_option(img_size), names=names, compile=compile_,
+                              precision=precision_option(fp16, bf16))
     summary = predict_to_run_folder(weights, source, options=options, output=output, conf=spec,
                                     batch_size=batch_size, save=save, progress=track,
                                     track=tracking)

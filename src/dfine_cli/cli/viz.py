@@ -15,9 +15,11 @@ from dfine_cli.cli.options import (
     Backend,
     BackendChoice,
     BatchSize,
+    Bf16,
     Conf,
     Data,
     Device,
+    Fp16,
     ImgSize,
     Json,
     MaxImages,
@@ -27,6 +29,7 @@ from dfine_cli.cli.options import (
     Verbose,
     WeightsPath,
     output_option,
+    precision_option,
 )
 from dfine_cli.detector_options import DetectorOptions
 
@@ -39,9 +42,10 @@ def group(verbose: Verbose = False) -> None:
 
 
 def _options(backend: BackendChoice, device: str, threads: int | None, variant: object,
-             img_size: int | None) -> DetectorOptions:
+             img_size: int | None, fp16: bool, bf16: bool) -> DetectorOptions:
     return DetectorOptions(backend=backend.value, device=device, threads=threads,
-                           variant=getattr(variant, "value", None), img_size=img_size_option(img_size))
+                           variant=getattr(variant, "value", None), img_size=img_size_option(img_size),
+                           precision=precision_option(fp16, bf16))
 
 
 @app.command("report")
@@ -61,6 +65,8 @@ def report(
     img_size: ImgSize = None,
     variant: Variant = None,
     max_images: MaxImages = None,
+    fp16: Fp16 = False,
+    bf16: Bf16 = False,
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -72,7 +78,7 @@ def report(
     from dfine_cli.viz.run import report as write_report
 
     summary = write_report(weights, data, output, split=split, conf=conf, iou=iou, gallery=gallery,
-                           options=_options(backend, device, threads, variant, img_size),
+                           options=_options(backend, device, threads, variant, img_size, fp16, bf16),
                            batch_size=batch_size, max_images=max_images, progress=track)
     if json_out:
         print_json({"command": "viz report", **summary.to_dict()})
@@ -97,6 +103,8 @@ def fiftyone(
     img_size: ImgSize = None,
     variant: Variant = None,
     max_images: MaxImages = None,
+    fp16: Fp16 = False,
+    bf16: Bf16 = False,
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -109,7 +117,7 @@ def fiftyone(
     from dfine_cli.viz.run import to_fiftyone
 
     created = to_fiftyone(weights, data, split=split, name=name, conf=conf,
-                          options=_options(backend, device, threads, variant, img_size),
+                          options=_options(backend, device, threads, variant, img_size, fp16, bf16),
                           batch_size=batch_size, max_images=max_images, progress=track)
     if json_out:
         print_json({"command": "viz fiftyone", "dataset": created["name"],

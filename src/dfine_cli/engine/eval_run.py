@@ -42,10 +42,11 @@ def evaluate_weights(
     ``faster`` (faster-coco-eval) or ``pycocotools``. The files go into ``output`` or the
     next ``runs/eval/exp{N}``, created only once the evaluation has finished.
     """
-    from dfine_cli.detector_options import open_detector
+    from dfine_cli.detector_options import check_options, open_detector
     from dfine_cli.engine.evaluate import evaluate, open_split
     from dfine_cli.fileio import run_dir
 
+    check_options(weights, options)
     dataset = open_split(data, split)  # a bad --data fails before the model is loaded
     detector = open_detector(weights, options)
     size = detector.img_size

@@ -37,9 +37,10 @@ def predict_split_of(
 ) -> SplitPredictions:
     """Predict ``split`` of ``data`` (a dataset folder or YAML; ``max_images``: the first N)
     with ``weights`` opened by :func:`~dfine_cli.detector_options.open_detector`, and score it."""
-    from dfine_cli.detector_options import open_detector
+    from dfine_cli.detector_options import check_options, open_detector
     from dfine_cli.engine.evaluate import evaluate, open_split
 
+    check_options(weights, options)
     dataset = open_split(data, split)
     detector = open_detector(weights, options)
     run = evaluate(detector, dataset, batch_size=batch_size, limit=max_images, progress=progress)
