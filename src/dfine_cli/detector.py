@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from dfine_cli.backends import backend_for_file, check_precision
+from dfine_cli.backends import check_precision, choose_backend
 from dfine_cli.backends.base import Backend, BackendMeta
 from dfine_cli.backends.torch_backend import TorchBackend
 from dfine_cli.checkpoints import ModelInfo, load_model, save_checkpoint
@@ -257,8 +257,7 @@ class Detector:
         their file's own precision, so asking them for another one is a usage error.
         """
         path = Path(weights)
-        chosen = backend_for_file(path, backend)
-        check_precision(chosen, precision, str(resolve_backend_device(chosen, device)))
+        chosen = choose_backend(path, backend, precision, device)
         if chosen == "torch":
             detector = cls.from_checkpoint(path, device=device, variant=variant)
             detector.set_precision(precision)

@@ -53,13 +53,10 @@ class DetectorOptions:
 def check_options(weights: str | Path, options: DetectorOptions | None) -> None:
     """Fail at once on choices that cannot run together (a backend that does not run the
     precision asked for, torch fp16 on a CPU), before a dataset or the model is read."""
-    from dfine_cli.backends import backend_for_file, check_precision
-    from dfine_cli.devices import resolve_backend_device
+    from dfine_cli.backends import choose_backend
 
     options = options or DetectorOptions()
-    backend = backend_for_file(Path(weights), options.backend)
-    check_precision(backend, options.precision,
-                    str(resolve_backend_device(backend, options.device)))
+    choose_backend(Path(weights), options.backend, options.precision, options.device)
 
 
 def open_detector(weights: str | Path, options: DetectorOptions | None = None) -> Detector:

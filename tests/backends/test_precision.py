@@ -34,3 +34,19 @@ def test_impossible_combinations_are_usage_errors_that_name_the_cause(backend, p
                                                                       says):
     with pytest.raises(UsageError, match=says):
         check_precision(backend, precision, device)
+
+
+def test_choose_backend_picks_by_extension_then_checks_the_precision(tmp_path):
+    from pathlib import Path
+
+    from dfine_cli.backends import choose_backend
+
+    assert choose_backend(Path("m.pth"), None, "bf16", "cpu") == "torch"
+    assert choose_backend(Path("m.xml"), "auto", "bf16", "cpu") == "openvino"
+    assert choose_backend(Path("m.onnx"), None) == "onnxruntime"
+    with pytest.raises(UsageError, match="onnxruntime backend does not run bf16"):
+        choose_backend(Path("m.onnx"), None, "bf16", "cpu")
+    with pytest.raises(UsageError, match="needs --device cuda"):
+        choose_backend(Path("m.pth"), "torch", "fp16", "cpu")
+    with pytest.raises(UsageError, match=r"needs an exported \.onnx"):
+        choose_backend(Path("m.xml"), "onnxruntime", "fp32", "cpu")

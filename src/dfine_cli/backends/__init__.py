@@ -67,5 +67,19 @@ def check_precision(backend: str, precision: str, device: str) -> None:
         raise UsageError("torch fp16 needs --device cuda; on a CPU use --bf16")
 
 
+def choose_backend(path: Path, backend: str | None, precision: str = "fp32",
+                   device: str | None = None) -> str:
+    """:func:`backend_for_file`, then checked against the precision and device asked for.
+
+    Raises :class:`UsageError` for a combination that cannot run, and
+    :class:`~dfine_cli.errors.HardwareError` for a backend that needs a GPU this machine lacks.
+    """
+    from dfine_cli.devices import resolve_backend_device
+
+    chosen = backend_for_file(path, backend)
+    check_precision(chosen, precision, str(resolve_backend_device(chosen, device)))
+    return chosen
+
+
 __all__ = ["BACKENDS", "BACKEND_PRECISIONS", "PRECISIONS", "Backend", "BackendMeta",
-           "backend_for_file", "check_precision"]
+           "backend_for_file", "check_precision", "choose_backend"]

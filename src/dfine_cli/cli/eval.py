@@ -71,7 +71,8 @@ def evaluate(
     result = run.result
     if json_out:
         print_json({"command": "eval", "weights": str(weights), "split": split,
-                    "precision": options.precision, "output_dir": str(run.output_dir), **json.loads(json.dumps(result.to_json()))})
+                    "precision": options.precision, "output_dir": str(run.output_dir),
+                    **json.loads(json.dumps(result.to_json()))})
     else:
         print_table("COCO bbox", ["metric", "value"], [(k, v) for k, v in result.stats.items()])
         print_table("per class", ["class", "AP", "AP50", "precision", "recall", "gt"],

@@ -123,8 +123,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on std
 Fp16 = Annotated[bool, typer.Option(
     "--fp16", help="Run in float16: torch on CUDA (autocast), OpenVINO where the CPU has it.")]
 Bf16 = Annotated[bool, typer.Option(
-    "--bf16", help="Run in bfloat16: torch (autocast) or OpenVINO, on CPUs with bf16; an INT8 "
-    "OpenVINO IR runs its float parts in it.")]
+    "--bf16", help="Run in bfloat16: torch (autocast, on CUDA or a CPU) or OpenVINO (CPUs with "
+    "bf16); an INT8 OpenVINO IR runs its float parts in it.")]
 
 
 def precision_option(fp16: bool, bf16: bool) -> str:
