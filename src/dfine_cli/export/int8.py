@@ -23,8 +23,10 @@ not help (-1.65, -1.68): the loss comes from the encoder. Keeping parts of the e
 located it: keeping only the top-down path float recovers it (-0.27); keeping only the
 bottom-up path, the attention layer or the backbone float does not (-1.10, -1.89, -1.38).
 On a BCCD model (16.62 AP, 87 val images) every scope lost about 0.4 AP (``fpn`` -0.42). ``fpn`` costs about 10% of the model time against
-``none`` and is faster than ``sampling+heads``; OpenVINO BF16, which on this CPU (AVX-512
-BF16, no AMX) is slower than FP32, lost 0.61 and 1.36 AP on the same two models.
+``none`` and is faster than ``sampling+heads``; OpenVINO BF16, which on that CPU (an Intel
+Xeon VM: AVX-512 BF16, no AMX) was slower than FP32, lost 0.61 and 1.36 AP on the same two
+models. On an AMD Zen 4 CPU BF16 is the faster one, and an INT8 IR run with ``--bf16`` (its
+float parts in bf16) the fastest path (docs/deploy.md).
 """
 
 from __future__ import annotations
