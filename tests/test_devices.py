@@ -62,6 +62,22 @@ def test_auto_is_cuda_with_a_gpu(one_gpu: None) -> None:
         resolve_device("cuda:3")
 
 
+@pytest.mark.parametrize("available", [False, True])
+def test_mps_must_exist(monkeypatch: pytest.MonkeyPatch, available: bool) -> None:
+    monkeypatch.setattr(devices, "_mps_available", lambda: available)
+    if available:
+        assert resolve_device("mps") == torch.device("mps")
+        return
+    with pytest.raises(HardwareError, match="no Apple GPU"):
+        resolve_device("mps")
+
+
+def test_mps_answer_is_torchs(monkeypatch: pytest.MonkeyPatch) -> None:
+    for answer in (False, True):
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda answer=answer: answer)
+        assert devices._mps_available() is answer
+
+
 def test_torch_device_objects_pass_through() -> None:
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
 

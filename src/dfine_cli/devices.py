@@ -88,9 +88,21 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             raise HardwareError(
                 f"device {str(device)!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
             )
-    elif dev.type not in ("cpu", "mps"):
+    elif dev.type == "mps":
+        if not _mps_available():
+            raise HardwareError(
+                f"device {str(device)!r} requested but this machine has no Apple GPU (MPS) that "
+                "PyTorch can use (use --device cpu)"
+            )
+    elif dev.type != "cpu":
         raise UsageError(f"unsupported device {str(device)!r} (use {DEVICE_HELP})")
     return dev
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(torch.backends.mps.is_available())
 
 
 def wants_cuda(device: str | torch.device | None) -> bool:

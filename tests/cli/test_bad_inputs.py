@@ -257,6 +257,21 @@ def test_precision_flags_that_cannot_run_are_usage_errors_before_any_work(ckpt, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
 
 
+def test_an_absent_apple_gpu_is_a_hardware_error_everywhere(ckpt, tmp_path):
+    import torch
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    write_jpeg(tmp_path / "a.jpg")
+    for command in (("predict", ckpt, tmp_path / "a.jpg", "--output", tmp_path / "p"),
+                    ("eval", ckpt, "--data", tmp_path, "--output", tmp_path / "e"),
+                    ("bench", "latency", ckpt, "--iters", "1")):
+        _one_error(dfine(*command, "--device", "mps"), 6,
+                   "hardware unavailable: device 'mps' requested but this machine has no Apple "
+                   "GPU (MPS)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
+
+
 # -- export: temporary files of a killed export ------------------------------------------------
 def test_export_removes_temporary_files_of_a_killed_export(ckpt, tmp_path):
     pytest.importorskip("onnx")
