@@ -99,6 +99,68 @@ def test_two_processes_match_one_process(data, tmp_path):
     assert abs(two["val_AP"] - one["val_AP"]) <= 0.05
 
 
+def yolo_setup_worker(cfg_dict):
+    """Set a trainer up on a YOLO data.yaml and count the label conversions this process made.
+    Local rank 0's conversions are slowed down, so a process that did not wait for them would
+    find no cache yet and convert as well."""
+    from dfine_cli.data import yolo
+    from dfine_cli.engine.distributed import ddp_wrapper, env_world, init_process_group
+    from dfine_cli.engine.trainer import DistInfo, Trainer
+
+    torch.set_num_threads(1)
+    rank, world, local = env_world()
+    init_process_group("gloo", 120)
+    real = yolo.convert_yolo_images
+    made: list[str] = []
+
+    def slow_convert(*args, **kwargs):
+        made.append(str(args[3]))
+        if local == 0:
+            time.sleep(2.0)
+        return real(*args, **kwargs)
+
+    yolo.convert_yolo_images = slow_convert
+    Trainer(TrainConfig(**cfg_dict), dist=DistInfo(rank, world, local),
+            ddp_wrap=ddp_wrapper(torch.device("cpu"))).setup()
+    torch.distributed.destroy_process_group()
+    return made
+
+
+def test_a_yolo_dataset_is_converted_once_per_machine(tmp_path):
+    from tests.data.test_yolo import make_yolo_dataset
+
+    make_yolo_dataset(tmp_path / "yolo", num_images=10)
+    cfg = _cfg(tmp_path / "yolo" / "data.yaml", tmp_path / "run", check_images="header")
+    results = _launch(yolo_setup_worker, (cfg.to_dict(),))
+    assert len(results[0]) == 2 and results[1] == []  # train and val, by local rank 0 only
+
+
+def local_first_failure_worker():
+    """Local rank 0 fails in ``local_main_first``; the other process must be released."""
+    from dfine_cli.engine.distributed import env_world, init_process_group, local_main_first
+    from dfine_cli.errors import DataError
+
+    _, world, local = env_world()
+    init_process_group("gloo", 20)  # a process left waiting would fail after 20 s
+
+    def work() -> str:
+        if local == 0:
+            raise DataError("labels unreadable")
+        return "ran after local rank 0"
+
+    try:
+        outcome = local_main_first(work, local, world)
+    except DataError as exc:
+        outcome = f"raised: {exc}"
+    torch.distributed.destroy_process_group()
+    return outcome
+
+
+def test_local_rank_0_failing_releases_the_others():
+    results = _launch(local_first_failure_worker, ())
+    assert results == {0: "raised: labels unreadable", 1: "ran after local rank 0"}
+
+
 def eval_worker(annotations: str, images: str):
     """Evaluate a fixed tiny model on a split sharded over the ranks."""
     from dfine_cli.engine.distributed import env_world, init_process_group

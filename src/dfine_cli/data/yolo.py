@@ -17,8 +17,10 @@ labels (``labels/train`` → ``labels/train.dfine-train.json``), and everything 
 reads that file. We chose a cache over a second dataset class because evaluation, validation
 and the distributed checks all speak COCO: one conversion keeps a single code path for them.
 The cache records a key over the class names and the path, size and modification time of
-every image and label file; any change makes the next run convert again. It is written
-atomically (temporary file, then rename), so concurrent processes never read a partial file;
+every image and label file; any change makes the next run convert again. Distributed training
+converts on local rank 0 of each machine first while the others wait
+(:func:`dfine_cli.engine.distributed.local_main_first`). It is written atomically (temporary
+file, then rename), so concurrent processes never read a partial file;
 a read-only dataset gets its cache under ``$DFINE_HOME/yolo-cache`` instead.
 
 :func:`convert_yolo_dataset` is the explicit form (``dfine data convert --from yolo DATA.yaml

@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -53,6 +53,8 @@ from dfine_cli.errors import (
     TrainingError,
     UsageError,
 )
+
+T = TypeVar("T")
 
 log = logging.getLogger("dfine.dist")
 
@@ -109,6 +111,34 @@ def env_world() -> tuple[int, int, int] | None:
     if world < 1:
         return None
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def local_main_first(fn: Callable[[], T], local_rank: int, world: int) -> T:
+    """``fn()`` on local rank 0 of each machine first, then on the machine's other processes.
+
+    For work whose result stays on disk, such as converting a YOLO dataset to its COCO cache:
+    the other processes wait until local rank 0 is done (or has failed), then call ``fn``
+    themselves and find the result instead of doing the work again. Outside an initialised
+    process group of several processes it just calls ``fn``. Local rank 0 re-raises its own
+    exception only after the others were released, so no process waits for it in vain.
+    """
+    if world <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return fn()
+    if local_rank != 0:
+        _all_meet()  # wait for local rank 0
+        return fn()
+    try:
+        return fn()
+    finally:
+        _all_meet()  # release the others
+
+
+def _all_meet() -> None:
+    """Return once every process of the group has called this (a barrier that needs nothing
+    but a one-element all-reduce on the backend's device)."""
+    device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+              else torch.device("cpu"))
+    dist.all_reduce(torch.zeros(1, device=device))
 
 
 def default_backend(device: str) -> str:

@@ -39,6 +39,7 @@ from dfine_cli.devices import resolve_device, slow_bf16_note
 from dfine_cli.engine.config import TrainConfig, validate
 from dfine_cli.engine.criterion import build_criterion
 from dfine_cli.engine.dataset_fingerprint import check_same_dataset
+from dfine_cli.engine.distributed import local_main_first
 from dfine_cli.engine.evaluate import EvalSplit, eval_loader, make_eval_split, run_evaluation
 from dfine_cli.engine.evaluator import EvalResult
 from dfine_cli.engine.finetune import adapt_state_to_classes
@@ -220,8 +221,11 @@ class Trainer:
         if self.dist.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         torch.manual_seed(cfg.seed)
-        train_split = resolve_dataset(cfg.data, cfg.train_split)
-        val_split = resolve_dataset(cfg.data, cfg.val_split)
+        # a YOLO data.yaml is converted to its COCO cache once per machine, not once per process
+        train_split, val_split = local_main_first(
+            lambda: (resolve_dataset(cfg.data, cfg.train_split),
+                     resolve_dataset(cfg.data, cfg.val_split)),
+            self.dist.local_rank, self.dist.world)
         if self.dist.world > 1:  # every node's --data must hold the same content
             check_same_dataset({"train": train_split, "val": val_split})
         if self.dist.is_main:
