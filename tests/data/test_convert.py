@@ -149,6 +149,11 @@ def test_parse_names(tmp_path: Path) -> None:
     assert parse_names(tmp_path / "names.txt") == ["x", "y"]
     with pytest.raises(UsageError, match="duplicates"):
         parse_names("a,b,a")
+    for empty in ("", "  "):
+        with pytest.raises(UsageError, match="--names is empty"):
+            parse_names(empty)
+    with pytest.raises(UsageError, match="gives no class names"):
+        parse_names(" , ")
 
 
 def _voc_xml(

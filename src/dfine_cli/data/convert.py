@@ -105,6 +105,8 @@ def parse_names(value: str | Path | None) -> list[str] | None:
     """
     if value is None:
         return None
+    if not str(value).strip():  # Path("") is the current folder
+        raise UsageError("--names is empty: give class names ('a,b,c') or a names file")
     path = Path(value)
     if path.is_file() and path.suffix.lower() in (".yaml", ".yml", ".json"):
         names = _names_from_yaml(path)
