@@ -6,8 +6,10 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 import torch
+from torch import nn
 
 from dfine_cli.checkpoints import ModelInfo, save_checkpoint
 from dfine_cli.models.build import build_model_from_config
@@ -21,8 +23,9 @@ def tiny_checkpoint(path: Path, num_classes: int = 3, img_size: int = 320, seed:
     cfg = preset("n", num_classes=num_classes, num_layers=2)
     model = build_model_from_config(cfg).eval()
     # Make a few detections score high so that predictions are not empty.
+    last_head = cast(nn.ModuleList, model.get_submodule("decoder.dec_score_head"))[-1]
     with torch.no_grad():
-        model.decoder.dec_score_head[-1].bias.fill_(2.0)
+        cast(nn.Linear, last_head).bias.fill_(2.0)
     info = ModelInfo(
         config=cfg,
         class_names=names or [f"thing{i}" for i in range(num_classes)],
