@@ -94,10 +94,13 @@ def check_precision_supported(precision: str, capabilities: list[str]) -> None:
         )
 
 
-def check_openvino_precision(precision: str, device: str | torch.device | None = "cpu") -> None:
-    """Raise before any work when this machine's OpenVINO device cannot run ``precision``."""
-    ov = require("openvino", "openvino")
-    capabilities = ov.Core().get_property(openvino_device(device), "OPTIMIZATION_CAPABILITIES")
+def check_openvino_precision(precision: str, device: str | torch.device | None = "cpu",
+                             core: Any = None) -> None:
+    """Raise before any work when this machine's OpenVINO device cannot run ``precision``
+    (``core``: an ``openvino.Core`` to ask, else a new one)."""
+    if core is None:
+        core = require("openvino", "openvino").Core()
+    capabilities = core.get_property(openvino_device(device), "OPTIMIZATION_CAPABILITIES")
     check_precision_supported(precision, [str(c) for c in capabilities])
 
 
@@ -124,8 +127,7 @@ class OpenVINOBackend:
         self._ov = ov
         self.core = ov.Core()
         self.device = openvino_device(device)
-        capabilities = [str(c) for c in self.core.get_property(self.device, "OPTIMIZATION_CAPABILITIES")]
-        check_precision_supported(precision, capabilities)
+        check_openvino_precision(precision, device, self.core)
         self.precision = precision
         try:
             self.model = self.core.read_model(str(path))

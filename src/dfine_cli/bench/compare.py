@@ -183,12 +183,13 @@ def compare(
                     raise UsageError(f"{run.label} runs on the CPU (--device cpu)")
             else:
                 check_precision(run.backend, run.precision, run_device)
-            if run.backend == "openvino" and run.precision not in ("fp32", "int8"):
-                from dfine_cli.backends.openvino_backend import check_openvino_precision
-
-                # bf16 on a CPU without it fails here, not after the other rows were measured
-                check_openvino_precision(run.precision.removeprefix("int8+"), run_device)
             plan.append((w, run, run_device))
+    # bf16 on a CPU without it fails here, once, not after the other rows were measured
+    reduced = {r.precision.removeprefix("int8+") for _, r, _ in plan if r.backend == "openvino"}
+    for precision in sorted(reduced - {"fp32", "int8"}):
+        from dfine_cli.backends.openvino_backend import check_openvino_precision
+
+        check_openvino_precision(precision)
     dataset = None
     if data is not None:
         from dfine_cli.engine.evaluate import open_split

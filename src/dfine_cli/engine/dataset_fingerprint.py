@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from dfine_cli.data.cocofile import DatasetSplit
+from dfine_cli.engine.distributed import collective_device
 from dfine_cli.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -98,7 +99,7 @@ def check_same_dataset(splits: dict[str, DatasetSplit], local_world_size: int | 
 
 def _all_gather_json(value: object) -> list[Any]:
     """Every rank's JSON-encodable ``value``, in rank order (plain bytes, nothing unpickled)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = collective_device()
     data = json.dumps(value).encode()
     size = torch.tensor([len(data)], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]

@@ -136,9 +136,15 @@ def local_main_first(fn: Callable[[], T], local_rank: int, world: int) -> T:
 def _all_meet() -> None:
     """Return once every process of the group has called this (a barrier that needs nothing
     but a one-element all-reduce on the backend's device)."""
-    device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
-              else torch.device("cpu"))
-    dist.all_reduce(torch.zeros(1, device=device))
+    dist.all_reduce(torch.zeros(1, device=collective_device()))
+
+
+def collective_device() -> torch.device:
+    """Where the initialised process group's tensors must live: this process's GPU for NCCL,
+    the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def default_backend(device: str) -> str:
