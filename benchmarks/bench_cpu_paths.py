@@ -1,5 +1,5 @@
-"""CPU deployment paths side by side: torch fp32/bf16, ONNX Runtime, OpenVINO fp32/bf16/int8
-(and int8 with its float parts in bf16).
+"""CPU deployment paths side by side: torch fp32/bf16 (eager and ``--compile``d), ONNX Runtime,
+OpenVINO fp32/bf16/int8 (and int8 with its float parts in bf16).
 
 Part 1, latency: random-weight presets (latency does not depend on weight values) at
 ``--img-size``, batch 1, ``--threads`` threads; per path the model stage (network + in-graph
@@ -40,7 +40,10 @@ import torch
 
 #: ``openvino:int8+bf16`` is the INT8 IR with its float parts (the parts the INT8 scope keeps
 #: float, and the operations NNCF does not quantize) in bf16: ``dfine predict IR.xml --bf16``.
-PATHS = [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+#: ``torch:*+compile`` is ``dfine predict --compile`` (weights frozen into the compiled graph);
+#: it compiles during its first warm-up run (30-60 s per path on 2 cores).
+PATHS = [("torch", "fp32"), ("torch", "bf16"), ("torch", "fp32+compile"),
+         ("torch", "bf16+compile"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
          ("openvino", "bf16"), ("openvino", "int8"), ("openvino", "int8+bf16")]
 
 
@@ -135,7 +138,9 @@ def main() -> None:
                             precision="bf16" if precision == "int8+bf16" else "fp32")
                     else:
                         loaded = load_bench_detector(weights, backend=backend,
-                                                     precision=precision, threads=args.threads,
+                                                     precision=precision.removesuffix("+compile"),
+                                                     compile=precision.endswith("+compile"),
+                                                     threads=args.threads,
                                                      img_size=args.img_size, work_dir=Path(tmp),
                                                      onnx_cache=cache)
                 except Exception as exc:  # a path this machine cannot run (bf16, nncf missing)
@@ -245,7 +250,9 @@ def _accuracy(args: argparse.Namespace, work_dir: Path, cache: dict[str, Path]) 
     for backend, precision in PATHS:
         if precision.startswith("int8"):  # an IR of its own: see bench_int8.py
             continue
-        loaded = load_bench_detector(args.weights, backend=backend, precision=precision,
+        loaded = load_bench_detector(args.weights, backend=backend,
+                                     precision=precision.removesuffix("+compile"),
+                                     compile=precision.endswith("+compile"),
                                      threads=args.threads, work_dir=work_dir, onnx_cache=cache)
         run = evaluate(loaded.detector, dataset, batch_size=1)
         result, predictions = run.result, run.predictions

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -10,7 +12,12 @@ from dfine_cli.export.compare import compare_detections
 from dfine_cli.models.build import build_model_from_config
 from dfine_cli.models.dfine import DeployModel
 from dfine_cli.models.presets import preset
-from dfine_cli.torch_compile import check_compile_support, compile_module
+from dfine_cli.torch_compile import (
+    CompiledInference,
+    check_compile_support,
+    compile_for_inference,
+    compile_module,
+)
 
 
 def test_missing_cpu_compiler_is_an_environment_error(monkeypatch):
@@ -49,6 +56,68 @@ def test_exported_backend_cannot_be_compiled():
 
     with pytest.raises(UsageError, match="exported model"):
         Detector(FakeOnnx()).compile_model()  # type: ignore[arg-type]
+
+
+class _PerImage(torch.nn.Module):
+    """Stands in for a deploy module: each image's outputs depend on that image alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, images: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.batches.append(images.shape[0])
+        scores = images.flatten(1).sum(1, keepdim=True).expand(-1, 3)
+        return (torch.zeros_like(scores, dtype=torch.long),
+                sizes[:, None, :].float().repeat(1, 3, 2), scores)
+
+
+@pytest.fixture
+def uncompiled(monkeypatch):
+    """torch.compile as the identity, and a record of each call's weight freezing."""
+    frozen: list[bool] = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+
+    def record() -> contextlib.AbstractContextManager[None]:
+        frozen.append(True)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr("dfine_cli.torch_compile._frozen_weights", record)
+    return frozen
+
+
+def test_a_smaller_batch_runs_padded_in_the_compiled_shape(uncompiled):
+    inner = _PerImage()
+    compiled = CompiledInference(inner, torch.device("cpu"))
+    images = torch.rand(3, 3, 8, 8)
+    sizes = torch.tensor([[8, 8], [16, 8], [8, 16]])
+    full = compiled(images, sizes)
+    part = compiled(images[1:2], sizes[1:2])  # the last batch of a dataset: one image
+    assert inner.batches == [3, 3]  # no new shape, so no new compilation
+    for got, want in zip(part, full, strict=True):
+        assert got.shape[0] == 1
+        assert torch.equal(got, want[1:2])
+    bigger = compiled(torch.rand(4, 3, 8, 8), torch.tensor([[8, 8]] * 4))
+    assert inner.batches[-1] == 4 and bigger[2].shape[0] == 4
+    assert uncompiled == [True, True, True]  # weights frozen on the CPU
+
+
+def test_weights_are_frozen_only_on_the_cpu(uncompiled):
+    compiled = CompiledInference(_PerImage(), torch.device("cuda"))
+    compiled(torch.rand(1, 3, 8, 8), torch.tensor([[8, 8]]))
+    assert uncompiled == []
+
+
+def test_compiling_a_detector_again_starts_from_its_eager_module(uncompiled, monkeypatch):
+    from dfine_cli.detector import Detector
+
+    monkeypatch.setattr("dfine_cli.torch_compile.check_compile_support", lambda device=None: None)
+    det = Detector.from_preset("n", num_classes=3, img_size=(64, 64))
+    eager = det.backend.module  # type: ignore[attr-defined]
+    det.compile_model()
+    det.compile_model()
+    module = det.backend.module  # type: ignore[attr-defined]
+    assert isinstance(module, CompiledInference) and module.module is eager
 
 
 def _tiny_model() -> torch.nn.Module:
@@ -142,3 +211,31 @@ def test_compiled_training_steps_with_denoising_equal_eager(monkeypatch):
         relative = float((compiled_all - eager_all).norm() / eager_all.norm())
         print(f"step {step}: gradient difference / norm {relative:.2e}")
         assert relative < 2e-3, relative  # measured: 4.9e-4 and 2.8e-4
+
+
+@pytest.mark.slow  # a minute of C++ compilation on a 2-core CPU
+def test_inference_compiles_one_whole_graph_that_equals_eager():
+    """What ``--compile`` runs: no graph breaks (the decoder's eager caches stay out of the
+    graph), one compilation for a batch of 2 and the padded batch of 1 after it, and the
+    outputs of eager inference within float tolerance."""
+    from torch._dynamo.utils import counters
+
+    images = torch.cat([_compile_inputs(), torch.rand(1, 3, 256, 256)])
+    sizes = torch.tensor([[256, 256], [320, 200]])
+    deploy = DeployModel(_tiny_model()).eval()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = compile_for_inference(deploy, torch.device("cpu"))
+    with torch.inference_mode():
+        both = compiled(images, sizes)
+        last = compiled(images[1:], sizes[1:])
+        eager = deploy(images, sizes)
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1
+    for got, want in zip(last, both, strict=True):
+        torch.testing.assert_close(got, want[1:])
+    for i in range(2):
+        agreement = compare_detections(tuple(t[i:i + 1].numpy() for t in eager),  # type: ignore[arg-type]
+                                       tuple(t[i:i + 1].numpy() for t in both),  # type: ignore[arg-type]
+                                       score_tol=1e-4, box_tol=1e-2)
+        assert agreement.ok(1e-4, 1e-2), agreement.describe()

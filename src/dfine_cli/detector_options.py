@@ -52,11 +52,25 @@ class DetectorOptions:
 
 def check_options(weights: str | Path, options: DetectorOptions | None) -> None:
     """Fail at once on choices that cannot run together (a backend that does not run the
-    precision asked for, torch fp16 on a CPU), before a dataset or the model is read."""
+    precision asked for, torch fp16 on a CPU, ``--compile`` of an exported model or where
+    ``torch.compile`` cannot run), before a dataset or the model is read."""
     from dfine_cli.backends import choose_backend
 
     options = options or DetectorOptions()
-    choose_backend(Path(weights), options.backend, options.precision, options.device)
+    backend = choose_backend(Path(weights), options.backend, options.precision, options.device)
+    if options.compile:
+        check_compile_options(backend, options.device)
+
+
+def check_compile_options(backend: str, device: str) -> None:
+    """``--compile`` needs PyTorch weights, and ``torch.compile`` support on ``device``."""
+    if backend != "torch":
+        raise UsageError(f"--compile applies to PyTorch weights (.pth, .safetensors), not to "
+                         f"the {backend} backend")
+    from dfine_cli.devices import resolve_device
+    from dfine_cli.torch_compile import check_compile_support
+
+    check_compile_support(resolve_device(device))
 
 
 def open_detector(weights: str | Path, options: DetectorOptions | None = None) -> Detector:
@@ -68,8 +82,9 @@ def open_detector(weights: str | Path, options: DetectorOptions | None = None) -
     from dfine_cli.allocator import keep_freed_memory
     from dfine_cli.detector import Detector
 
-    keep_freed_memory()  # a command's process: freed feature maps are reused, not faulted in
     options = options or DetectorOptions()
+    check_options(weights, options)  # before the file is read
+    keep_freed_memory()  # a command's process: freed feature maps are reused, not faulted in
     if options.threads:
         import torch
 

@@ -98,8 +98,10 @@ def test_bench_latency_json_schema(ckpt):
         assert stats["samples"] == 3 and 0 <= stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
     setup = payload["setup"]
     for key in ("weights", "backend", "backend_description", "precision", "device", "threads",
-                "batch_size", "img_size", "source_size", "warmup", "iters", "versions", "cpu"):
+                "batch_size", "img_size", "source_size", "warmup", "iters", "compiled", "versions",
+                "cpu"):
         assert key in setup
+    assert setup["compiled"] is False
     assert setup["threads"] == 2 and setup["batch_size"] == 2 and setup["img_size"] == [256, 256]
     assert setup["source_size"] == [320, 240] and setup["versions"]["torch"]
     assert payload["throughput_images_per_s"] > 0
@@ -136,3 +138,20 @@ def test_torch_bf16_on_a_cpu_without_bf16_warns(ckpt, tmp_path, monkeypatch, cap
     assert loaded.precision == "bf16"
     warned = [r for r in caplog.records if "bf16 runs emulated" in r.getMessage()]
     assert len(warned) == (0 if native else 1)
+
+
+@pytest.mark.slow  # a minute of C++ compilation on a 2-core CPU
+def test_bench_latency_compiles_in_a_warmup_run_it_always_has(ckpt):
+    pytest.importorskip("torch._inductor")
+    from dfine_cli.errors import DependencyError
+    from dfine_cli.torch_compile import check_compile_support
+
+    try:
+        check_compile_support()
+    except DependencyError as exc:
+        pytest.skip(str(exc))
+    res = run("bench", "latency", str(ckpt), "--threads", "2", "--warmup", "0", "--iters", "2",
+              "--compile", "--device", "cpu", "--json")
+    assert res.returncode == 0, res.stderr
+    setup = json.loads(res.stdout)["setup"]
+    assert setup["compiled"] is True and setup["warmup"] == 1

@@ -257,6 +257,35 @@ def test_precision_flags_that_cannot_run_are_usage_errors_before_any_work(ckpt, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
 
 
+def _compile_commands(weights: Path, tmp_path: Path) -> list[tuple[str | Path, ...]]:
+    return [("predict", weights, tmp_path / "a.jpg", "--output", tmp_path / "p"),
+            ("eval", weights, "--data", tmp_path, "--output", tmp_path / "e"),
+            ("viz", "report", weights, "--data", tmp_path, "--output", tmp_path / "r.html"),
+            ("bench", "latency", weights, "--iters", "1")]
+
+
+def test_compile_of_an_exported_model_is_a_usage_error_before_any_work(tmp_path):
+    write_jpeg(tmp_path / "a.jpg")
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"never read: the choice is refused first")
+    for command in _compile_commands(onnx, tmp_path):
+        _one_error(dfine(*command, "--compile"), 2,
+                   "usage error: --compile applies to PyTorch weights (.pth, .safetensors), not "
+                   "to the onnxruntime backend")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "m.onnx"]
+
+
+def test_compile_without_a_cpu_compiler_is_an_environment_error_before_any_work(
+        ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    write_jpeg(tmp_path / "a.jpg")
+    for command in _compile_commands(ckpt, tmp_path):
+        _one_error(dfine(*command, "--compile", "--device", "cpu"), 6,
+                   "--compile needs a C++ compiler for the CPU ($CXX='/nonexistent/g++' not "
+                   "found)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg"]
+
+
 def test_an_absent_apple_gpu_is_a_hardware_error_everywhere(ckpt, tmp_path):
     import torch
 

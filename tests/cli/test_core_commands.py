@@ -201,7 +201,7 @@ def test_eval_cli_json_and_files(ckpt, tmp_path):
     assert res.returncode == 0, res.stderr
     payload = json.loads(res.stdout)
     assert payload["schema_version"] == 1 and set(payload["stats"]) >= {"AP", "AP50", "ARl"}
-    assert payload["precision"] == "fp32"
+    assert payload["precision"] == "fp32" and payload["compiled"] is False
     bf16 = run("eval", str(ckpt), "--data", str(tmp_path / "data"), "--json", "--output",
                str(tmp_path / "ev16"), "--workers", "0", "--bf16")
     assert bf16.returncode == 0, bf16.stderr

@@ -95,6 +95,9 @@ SHARED: dict[str, tuple[object, set[str], object]] = {
     "--max-images": (int, set(), None),
     "--split": (str, set(), None),
     "--json": (bool, set(), False),
+    "--fp16": (bool, set(), False),
+    "--bf16": (bool, set(), False),
+    "--compile": (bool, set(), False),
 }
 
 
@@ -108,6 +111,9 @@ def test_shared_options_have_one_name_type_flag_and_default(path):
         annotation = option.type_descriptor.annotation
         if name == "--conf" and path == ("predict",):  # also per-class thresholds, as text
             assert annotation is str and float(option.default) == DEFAULT_CONF, where
+            continue
+        if name == "--compile" and path == ("train",):  # a run setting: unset reads --config
+            assert annotation is bool and option.default is None, where
             continue
         if option.multiple:  # a repeatable option: list[kind]
             annotation = typing.get_args(annotation)[0]

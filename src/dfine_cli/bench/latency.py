@@ -31,7 +31,7 @@ import torch
 from dfine_cli import __version__
 from dfine_cli.backends import check_precision
 from dfine_cli.detector import Detector, preprocess
-from dfine_cli.detector_options import DEFAULT_CONF
+from dfine_cli.detector_options import DEFAULT_CONF, check_compile_options
 from dfine_cli.devices import cpu_flags, cpu_supports_bf16
 from dfine_cli.errors import UsageError
 from dfine_cli.image_size import DEFAULT_IMG_SIZE, check_img_size
@@ -150,15 +150,19 @@ def load_bench_detector(
     img_size: int | None = None,
     work_dir: Path,
     onnx_cache: dict[str, Path] | None = None,
+    compile: bool = False,
 ) -> LoadedBench:
     """A :class:`Detector` ready to measure ``weights`` on ``backend`` at ``precision``.
 
     ``weights`` may be a preset name (random weights: latency does not depend on values), a
     checkpoint, an ``.onnx`` (onnxruntime/openvino) or an ``.engine`` (tensorrt). A checkpoint
     or preset measured with onnxruntime/openvino is exported to ONNX in ``work_dir`` first
-    (once per weights and input size when ``onnx_cache`` is shared).
+    (once per weights and input size when ``onnx_cache`` is shared). ``compile`` runs a torch
+    model through :meth:`Detector.compile_model` (compiled at its first call).
     """
     check_precision(backend, precision, device)
+    if compile:
+        check_compile_options(backend, device)
     name = str(weights)
     suffix = Path(name).suffix.lower()
     size = check_img_size(img_size) if img_size else None
@@ -194,6 +198,8 @@ def load_bench_detector(
             det.backend.meta.img_size = size
     if backend == "torch":
         det.set_precision(precision)
+        if compile:
+            det.compile_model()
         return LoadedBench(det, backend, precision, name)
     key = f"{name}@{det.img_size[0]}x{det.img_size[1]}"
     cache = onnx_cache if onnx_cache is not None else {}
@@ -242,6 +248,7 @@ class BenchSetup:
     source_size: tuple[int, int]  # images fed in (w, h)
     warmup: int
     iters: int
+    compiled: bool = False  # torch.compile (--compile)
     versions: dict[str, str | None] = field(default_factory=library_versions)
     cpu: dict[str, Any] = field(default_factory=cpu_description)
 
@@ -334,12 +341,14 @@ def run_latency(
     warmup: int = 10,
     iters: int = 50,
     work_dir: Path,
+    compile: bool = False,
 ) -> LatencyResult:
     """Load ``weights`` for ``backend`` and measure it (see :func:`measure_latency`).
 
     ``backend="auto"`` picks it by the file's extension as every command does (a preset or
     checkpoint: torch); ``device="auto"`` is the backend's own choice
-    (:func:`~dfine_cli.devices.resolve_backend_device`).
+    (:func:`~dfine_cli.devices.resolve_backend_device`). ``compile`` (torch only) compiles
+    the model in the first warm-up iteration, which it therefore always has.
     """
     from dfine_cli.backends import backend_for_file
     from dfine_cli.devices import resolve_backend_device
@@ -351,7 +360,10 @@ def run_latency(
     if threads:
         torch.set_num_threads(threads)
     loaded = load_bench_detector(weights, backend=backend, precision=precision, device=device,
-                                 threads=threads, img_size=img_size, work_dir=work_dir)
+                                 threads=threads, img_size=img_size, work_dir=work_dir,
+                                 compile=compile)
+    if compile:
+        warmup = max(warmup, 1)
     images = synthetic_images(max(batch_size, 4), *source_size)
     stages = measure_latency(loaded.detector, images, batch_size=batch_size, warmup=warmup,
                              iters=iters)
@@ -360,6 +372,6 @@ def run_latency(
         backend_description=loaded.detector.backend.meta.description, precision=loaded.precision,
         device=device, threads=threads or torch.get_num_threads(), batch_size=batch_size,
         img_size=tuple(loaded.detector.img_size), source_size=source_size, warmup=warmup,  # type: ignore[arg-type]
-        iters=iters,
+        iters=iters, compiled=compile,
     )
     return LatencyResult(setup, stages)

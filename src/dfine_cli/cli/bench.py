@@ -17,6 +17,7 @@ from dfine_cli.cli.options import (
     Backend,
     BatchSize,
     Bf16,
+    Compile,
     Device,
     Fp16,
     ImgSize,
@@ -104,6 +105,7 @@ def latency(
     threads: Threads = None,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed iterations first.")] = 10,
     iters: Annotated[int, typer.Option("--iters", min=1, help="Timed iterations.")] = 50,
+    compile_: Compile = False,
     fp16: Fp16 = False,
     bf16: Bf16 = False,
     source_size: Annotated[str, typer.Option("--source-size", help="Size WxH of the synthetic input images.")] = "640x480",
@@ -120,13 +122,14 @@ def latency(
         result = run_latency(weights, backend=backend.value, precision=precision, device=device,
                              threads=threads, batch_size=batch_size, img_size=img_size,
                              source_size=_parse_size(source_size), warmup=warmup, iters=iters,
-                             work_dir=Path(tmp))
+                             work_dir=Path(tmp), compile=compile_)
     if json_out:
         print_json({"command": "bench latency", **result.to_dict()})
         return
     s = result.setup
     print_table(
-        f"{Path(str(weights)).name}: {s.backend_description}, {s.precision}, batch {s.batch_size}, "
+        f"{Path(str(weights)).name}: {s.backend_description}, {s.precision}"
+        f"{', compiled' if s.compiled else ''}, batch {s.batch_size}, "
         f"{s.img_size[0]}x{s.img_size[1]}, {s.threads} threads",
         ["stage", "median ms", "p90 ms", "min ms", "mean ms"], result.rows(),
     )

@@ -21,6 +21,7 @@ from dfine_cli.cli.options import (
     Backend,
     BatchSize,
     Bf16,
+    Compile,
     Data,
     Device,
     Fp16,
@@ -50,6 +51,7 @@ def evaluate(
     threads: Threads = None,
     evaluator: Annotated[str, typer.Option("--evaluator", help="faster (faster-coco-eval) or pycocotools.")] = "faster",
     output: RunFolderOutput = None,
+    compile_: Compile = False,
     fp16: Fp16 = False,
     bf16: Bf16 = False,
     json_out: Json = False,
@@ -65,13 +67,14 @@ def evaluate(
     options = DetectorOptions(backend=backend.value, device=device, threads=threads,
                               variant=variant.value if variant else None,
                               img_size=img_size_option(img_size),
-                              precision=precision_option(fp16, bf16))
+                              precision=precision_option(fp16, bf16), compile=compile_)
     run = evaluate_weights(weights, data, split=split, options=options, batch_size=batch_size,
                            workers=workers, evaluator=evaluator, output=output, progress=track)
     result = run.result
     if json_out:
         print_json({"command": "eval", "weights": str(weights), "split": split,
-                    "precision": options.precision, "output_dir": str(run.output_dir),
+                    "precision": options.precision, "compiled": options.compile,
+                    "output_dir": str(run.output_dir),
                     **json.loads(json.dumps(result.to_json()))})
     else:
         print_table("COCO bbox", ["metric", "value"], [(k, v) for k, v in result.stats.items()])

@@ -120,6 +120,10 @@ MaxImages = Annotated[
 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
+Compile = Annotated[bool, typer.Option(
+    "--compile/--no-compile", help="Run a PyTorch model through torch.compile (on a CPU with "
+    "its weights frozen into the graph: faster than eager; needs a C++ compiler, cuda needs "
+    "triton; compiles at the first batch).")]
 Fp16 = Annotated[bool, typer.Option(
     "--fp16", help="Run in float16: torch on CUDA (autocast), OpenVINO where the CPU has it.")]
 Bf16 = Annotated[bool, typer.Option(

@@ -16,6 +16,7 @@ from dfine_cli.cli.options import (
     BackendChoice,
     BatchSize,
     Bf16,
+    Compile,
     Conf,
     Data,
     Device,
@@ -42,10 +43,10 @@ def group(verbose: Verbose = False) -> None:
 
 
 def _options(backend: BackendChoice, device: str, threads: int | None, variant: object,
-             img_size: int | None, fp16: bool, bf16: bool) -> DetectorOptions:
+             img_size: int | None, fp16: bool, bf16: bool, compile_: bool) -> DetectorOptions:
     return DetectorOptions(backend=backend.value, device=device, threads=threads,
                            variant=getattr(variant, "value", None), img_size=img_size_option(img_size),
-                           precision=precision_option(fp16, bf16))
+                           precision=precision_option(fp16, bf16), compile=compile_)
 
 
 @app.command("report")
@@ -65,6 +66,7 @@ def report(
     img_size: ImgSize = None,
     variant: Variant = None,
     max_images: MaxImages = None,
+    compile_: Compile = False,
     fp16: Fp16 = False,
     bf16: Bf16 = False,
     json_out: Json = False,
@@ -78,7 +80,8 @@ def report(
     from dfine_cli.viz.run import report as write_report
 
     summary = write_report(weights, data, output, split=split, conf=conf, iou=iou, gallery=gallery,
-                           options=_options(backend, device, threads, variant, img_size, fp16, bf16),
+                           options=_options(backend, device, threads, variant, img_size, fp16, bf16,
+                                           compile_),
                            batch_size=batch_size, max_images=max_images, progress=track)
     if json_out:
         print_json({"command": "viz report", **summary.to_dict()})
@@ -103,6 +106,7 @@ def fiftyone(
     img_size: ImgSize = None,
     variant: Variant = None,
     max_images: MaxImages = None,
+    compile_: Compile = False,
     fp16: Fp16 = False,
     bf16: Bf16 = False,
     json_out: Json = False,
@@ -117,7 +121,8 @@ def fiftyone(
     from dfine_cli.viz.run import to_fiftyone
 
     created = to_fiftyone(weights, data, split=split, name=name, conf=conf,
-                          options=_options(backend, device, threads, variant, img_size, fp16, bf16),
+                          options=_options(backend, device, threads, variant, img_size, fp16, bf16,
+                                           compile_),
                           batch_size=batch_size, max_images=max_images, progress=track)
     if json_out:
         print_json({"command": "viz fiftyone", "dataset": created["name"],

@@ -265,7 +265,8 @@ class DFineDecoder(nn.Module):
 
     # -- helpers ---------------------------------------------------------------------------
     def _project(self) -> Tensor:
-        if self.training or torch.jit.is_tracing():
+        # Exports and torch.compile build it in the graph (a constant there), as training does.
+        if self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return weighting_function(self.reg_max, self.up, self.reg_scale)
         if self._project_cache is None:
             # Built outside inference mode so that the cached tensor can serve any later call.
@@ -275,8 +276,10 @@ class DFineDecoder(nn.Module):
 
     def _anchors(self, shapes: list[tuple[int, int]], like: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(anchors, valid, invalid)``: ``invalid`` (indices of the cells outside the valid
-        range, for masking in place) only in inference, where everything is cached per shape."""
-        if self.training or torch.jit.is_tracing():
+        range, for masking in place) only in eager inference, where everything is cached per
+        shape. torch.compile builds them in the graph: the cache lookup and the data-dependent
+        indices would split it."""
+        if self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return (*generate_anchors(shapes, device=like.device, dtype=like.dtype), None)
         key = (tuple(shapes), like.device, like.dtype)
         cached = self._anchor_cache.get(key)
