@@ -34,6 +34,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,8 +139,7 @@ def main() -> None:
                             precision="bf16" if precision == "int8+bf16" else "fp32")
                     else:
                         loaded = load_bench_detector(weights, backend=backend,
-                                                     precision=precision.removesuffix("+compile"),
-                                                     compile=precision.endswith("+compile"),
+                                                     **_precision_options(precision),
                                                      threads=args.threads,
                                                      img_size=args.img_size, work_dir=Path(tmp),
                                                      onnx_cache=cache)
@@ -167,6 +167,12 @@ def main() -> None:
         print(f"# load average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         if args.weights and args.data:
             _accuracy(args, Path(tmp), cache)
+
+
+def _precision_options(precision: str) -> dict[str, Any]:
+    """A path's precision as ``load_bench_detector`` takes it: ``bf16+compile`` -> bf16, compiled."""
+    return {"precision": precision.removesuffix("+compile"),
+            "compile": precision.endswith("+compile")}
 
 
 def _int8_ir(weights: str, img_size: int, work_dir: Path, calib_images: int) -> Path:
@@ -251,8 +257,7 @@ def _accuracy(args: argparse.Namespace, work_dir: Path, cache: dict[str, Path]) 
         if precision.startswith("int8"):  # an IR of its own: see bench_int8.py
             continue
         loaded = load_bench_detector(args.weights, backend=backend,
-                                     precision=precision.removesuffix("+compile"),
-                                     compile=precision.endswith("+compile"),
+                                     **_precision_options(precision),
                                      threads=args.threads, work_dir=work_dir, onnx_cache=cache)
         run = evaluate(loaded.detector, dataset, batch_size=1)
         result, predictions = run.result, run.predictions
