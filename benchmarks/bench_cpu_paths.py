@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per size")
     parser.add_argument("--peak-gflops", type=float, default=0.0,
                         help="fp32 peak of this machine (GFLOP/s) for the 'at peak' column; "
-                             "0: 2 FMA x 8 lanes x 2 FLOPs x cores x GHz estimated from /proc")
+                             "0: measured (a oneDNN 3x3 convolution, see measured_peaks)")
     parser.add_argument("--weights", help="trained checkpoint for the accuracy part")
     parser.add_argument("--data", help="dataset for the accuracy part")
     parser.add_argument("--split", default="val")
@@ -107,11 +107,11 @@ def main() -> None:
     malloc = keep_freed_memory()  # as the dfine commands run (DFINE_MALLOC=default: glibc's own)
     torch.set_num_threads(args.threads)
     cpu = cpu_description()
-    peak = args.peak_gflops or _estimated_peak(args.threads)
+    peak = args.peak_gflops or measured_peaks(args.threads)["conv fp32"]
     versions = ", ".join(f"{k} {v}" for k, v in library_versions().items() if v)
     print(f"# {cpu['model']}, bf16 {cpu['bf16']}, {args.threads} threads, batch 1, "
           f"{args.img_size}x{args.img_size}, warmup {args.warmup}, iters {args.iters}; {versions}")
-    print(f"# fp32 peak assumed: {peak:.0f} GFLOP/s; weights: "
+    print(f"# fp32 peak {'given' if args.peak_gflops else 'measured'}: {peak:.0f} GFLOP/s; weights: "
           f"{'keyed (reference)' if keyed else 'random'}; load average at start "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; malloc {malloc} (every path)")
     images = synthetic_images(4, 640, 480)
@@ -122,7 +122,7 @@ def main() -> None:
         for size in args.sizes:
             gflops = model_complexity(preset(size, num_classes=80),
                                       (args.img_size, args.img_size)).gflops
-            detectors = {}
+            detectors: dict[str, Any] = {}
             weights = _keyed_checkpoint(args.reference, size, Path(tmp)) if keyed else size
             if args.official is not None and args.img_size != 640:
                 print(f"{size}\tofficial:fp32\tn/a (its deploy model and the keyed anchors "
@@ -269,18 +269,40 @@ def _accuracy(args: argparse.Namespace, work_dir: Path, cache: dict[str, Path]) 
               f"{result.stats['AP'] - reference[0]:+.4f}\t{diff:.2e}", flush=True)
 
 
-def _estimated_peak(threads: int) -> float:
-    """fp32 FLOP/s at AVX-512/AVX2 FMA width: 2 FMA units x 8 fp32 lanes (256-bit datapath, as
-    on AMD Zen 4) x 2 FLOPs x cores x clock."""
-    mhz = 0.0
+def measured_peaks(threads: int, bf16: bool = False) -> dict[str, float]:
+    """This machine's attainable GFLOP/s with ``threads`` threads: a oneDNN 3x3 convolution
+    (channels-last, 256 -> 256 channels at 80x80, the kind of convolution the detectors spend
+    most of their time in) and a 2048-square matrix product; best of 8 runs each, fp32 and,
+    with ``bf16``, bf16. Measured rather than worked out from the clock, which on a turbo
+    clock or a VM is not what the cores run at."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    peaks: dict[str, float] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("cpu MHz", "bogomips")):
-                value = float(line.split(":")[1])
-                mhz = max(mhz, value / 2 if line.startswith("bogomips") else value)
-    except OSError:
-        pass
-    return 2 * 8 * 2 * threads * (mhz or 2500) / 1000
+        for dtype, name in [(torch.float32, "fp32")] + ([(torch.bfloat16, "bf16")] if bf16 else []):
+            x = torch.randn(1, 256, 80, 80, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(256, 256, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            peaks[f"conv {name}"] = _best_rate(torch.nn.functional.conv2d, (x, w, None, 1, 1),
+                                               2 * 256 * 256 * 9 * 80 * 80)
+            a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+            peaks[f"matmul {name}"] = _best_rate(torch.mm, (a, b), 2 * 2048 ** 3)
+    finally:
+        torch.set_num_threads(previous)
+    return peaks
+
+
+def _best_rate(op: Any, args: tuple[Any, ...], flops: int, runs: int = 8) -> float:
+    """GFLOP/s of the fastest of ``runs`` calls of ``op(*args)`` (after one untimed call)."""
+    import time
+
+    with torch.inference_mode():
+        op(*args)
+        best = float("inf")
+        for _ in range(runs):
+            start = time.perf_counter()
+            op(*args)
+            best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
 
 
 if __name__ == "__main__":
