@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print("size\tpath\tkind\tms per forward\tshare\tGFLOPs\tGFLOP/s\t% of peak")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        onnx_cache: dict[str, Path] = {}
         for size in args.sizes:
             complexity = model_complexity(preset(size, num_classes=80), (args.img_size,) * 2)
             flops: dict[str, float] = defaultdict(float)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     if backend == "torch":
                         kinds, top = _torch_breakdown(weights, precision, args, image)
                     else:
-                        kinds, top = _openvino_breakdown(weights, precision, args, work)
+                        kinds, top = _openvino_breakdown(weights, precision, args, work, onnx_cache)
                 except Exception as exc:  # a path this machine cannot run (bf16, nncf missing)
                     print(f"{size}\t{path}\tn/a ({str(exc).splitlines()[0][:100]})", flush=True)
                     continue
@@ -157,8 +158,8 @@ def _torch_breakdown(weights: str, precision: str, args: argparse.Namespace,
     return kinds, sorted(by_op.items(), key=lambda kv: -kv[1])
 
 
-def _openvino_breakdown(weights: str, precision: str, args: argparse.Namespace,
-                        work: Path) -> tuple[dict[str, float], list[tuple[str, float]]]:
+def _openvino_breakdown(weights: str, precision: str, args: argparse.Namespace, work: Path,
+                        onnx_cache: dict[str, Path]) -> tuple[dict[str, float], list[tuple[str, float]]]:
     import openvino as ov
 
     from dfine_cli.backends.openvino_backend import OPENVINO_PRECISIONS
@@ -168,8 +169,9 @@ def _openvino_breakdown(weights: str, precision: str, args: argparse.Namespace,
         model_path = _int8_ir(weights, args.img_size, work, args.calib_images)
         precision = "bf16" if precision == "int8+bf16" else "fp32"
     else:
-        loaded = load_bench_detector(weights, backend="onnxruntime", threads=args.threads,
-                                     img_size=args.img_size, work_dir=work)
+        # exported once per size, shared by the fp32 and bf16 paths
+        loaded = load_bench_detector(weights, backend="openvino", threads=args.threads,
+                                     img_size=args.img_size, work_dir=work, onnx_cache=onnx_cache)
         assert loaded.onnx_path is not None
         model_path = loaded.onnx_path
     core = ov.Core()
@@ -212,20 +214,23 @@ def _model_inputs(det: Any, image: np.ndarray) -> tuple[Any, np.ndarray]:
 
 def _print_path(size: str, path: str, kinds: dict[str, float], flops: dict[str, float],
                 peaks: dict[str, float]) -> None:
+    """One row per kind (most expensive first), then the total. FLOP rates for torch paths
+    only: OpenVINO fuses and splits operators, so its nodes do not map onto counted FLOPs."""
     total = sum(kinds.values())
     bf16 = "bf16" in path
     for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
-        base = kind.split(" (")[0]
-        gflops = flops.get(base, 0.0) if path.startswith("torch") and base != "other" else 0.0
-        peak = _peak_for(base, bf16, peaks)
-        rate = f"{gflops / ms * 1e3:.0f}" if gflops and ms else "-"
-        share = f"{100 * gflops / ms * 1e3 / peak:.0f}" if gflops and ms and peak else "-"
-        print(f"{size}\t{path}\t{kind}\t{ms:.2f}\t{100 * ms / total:.0f}%\t"
-              f"{gflops:.2f}\t{rate}\t{share}" if gflops else
-              f"{size}\t{path}\t{kind}\t{ms:.2f}\t{100 * ms / total:.0f}%\t-\t-\t-")
+        gflops = flops.get(kind, 0.0) if path.startswith("torch") and kind != "other" else 0.0
+        row = [size, path, kind, f"{ms:.2f}", f"{100 * ms / total:.0f}%"]
+        if gflops and ms > 0:
+            rate = gflops / ms * 1e3
+            peak = _peak_for(kind, bf16, peaks)
+            row += [f"{gflops:.2f}", f"{rate:.0f}", f"{100 * rate / peak:.0f}" if peak else "-"]
+        else:
+            row += ["-", "-", "-"]
+        print("\t".join(row))
+    # INT8 kernels have a peak of their own (not measured here): no "at peak" for them
     at_peak = sum(v / _peak_for(k, bf16, peaks) * 1e3 for k, v in flops.items()
                   if _peak_for(k, bf16, peaks))
-    # INT8 kernels have a peak of their own (not measured here): no "at peak" for them
     label = ("-" if "int8" in path else
              f"at {'bf16' if bf16 and 'conv bf16' in peaks else 'fp32'} peak {at_peak:.1f} ms")
     print(f"{size}\t{path}\ttotal\t{total:.2f}\t100%\t{sum(flops.values()):.2f}\t"
