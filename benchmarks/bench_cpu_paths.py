@@ -51,11 +51,7 @@ PATHS = [("torch", "fp32"), ("torch", "bf16"), ("torch", "fp32+compile"),
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="*", default=["n", "s"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--img-size", type=int, default=640)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=30)
+    add_shared_arguments(parser, warmup=5, iters=30)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per size")
     parser.add_argument("--peak-gflops", type=float, default=0.0,
                         help="fp32 peak of this machine (GFLOP/s) for the 'at peak' column; "
@@ -67,13 +63,6 @@ def main() -> None:
                         choices=[f"{b}:{p}" for b, p in PATHS], help="paths to measure (default: all)")
     parser.add_argument("--official", type=Path,
                         help="checkout of the official D-FINE repository: adds its deploy model")
-    parser.add_argument("--keyed", action="store_true",
-                        help="the reference's keyed weights instead of random ones")
-    parser.add_argument("--reference", type=Path,
-                        default=Path(__file__).resolve().parents[1].parent / "shared" / "reference",
-                        help="folder of the reference fixtures (keyed-weight manifests)")
-    parser.add_argument("--calib-images", type=int, default=16,
-                        help="synthetic images calibrating the openvino:int8 path")
     args = parser.parse_args()
     paths = [tuple(name.split(":")) for name in args.paths]
     keyed = args.keyed or args.official is not None
@@ -167,6 +156,22 @@ def main() -> None:
         print(f"# load average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         if args.weights and args.data:
             _accuracy(args, Path(tmp), cache)
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser, *, warmup: int, iters: int) -> None:
+    """The options every CPU-path benchmark takes: what to build, how to time it, which weights."""
+    parser.add_argument("--sizes", nargs="*", default=["n", "s"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--img-size", type=int, default=640)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--iters", type=int, default=iters)
+    parser.add_argument("--keyed", action="store_true",
+                        help="the reference's keyed weights instead of random ones")
+    parser.add_argument("--reference", type=Path,
+                        default=Path(__file__).resolve().parents[1].parent / "shared" / "reference",
+                        help="folder of the reference fixtures (keyed-weight manifests)")
+    parser.add_argument("--calib-images", type=int, default=16,
+                        help="synthetic images calibrating the openvino:int8 paths")
 
 
 def _precision_options(precision: str) -> dict[str, Any]:

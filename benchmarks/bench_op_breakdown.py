@@ -41,6 +41,7 @@ from bench_cpu_paths import (  # the benchmarks folder, put on the path above
     _int8_ir,
     _keyed_checkpoint,
     _precision_options,
+    add_shared_arguments,
     measured_peaks,
 )
 
@@ -71,20 +72,9 @@ OPENVINO_KINDS = {"Convolution": "conv", "GroupConvolution": "conv", "MatMul": "
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="*", default=["n", "s"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--img-size", type=int, default=640)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=10)
+    add_shared_arguments(parser, warmup=3, iters=10)
     parser.add_argument("--paths", nargs="*", default=["torch:fp32", "openvino:fp32"],
                         choices=TORCH_PATHS + OPENVINO_PATHS)
-    parser.add_argument("--keyed", action="store_true",
-                        help="the reference's keyed weights instead of random ones")
-    parser.add_argument("--reference", type=Path,
-                        default=Path(__file__).resolve().parents[1].parent / "shared" / "reference",
-                        help="folder of the reference fixtures (keyed-weight manifests)")
-    parser.add_argument("--calib-images", type=int, default=16,
-                        help="synthetic images calibrating the openvino:int8 paths")
     parser.add_argument("--top", type=int, default=0,
                         help="also list the N most expensive operators / nodes of each path")
     args = parser.parse_args(argv)
