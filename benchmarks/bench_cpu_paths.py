@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,6 @@ def main() -> None:
     from dfine_cli.bench.latency import (
         cpu_description,
         library_versions,
-        load_bench_detector,
         measure_latency,
         synthetic_images,
     )
@@ -121,21 +121,10 @@ def main() -> None:
                                                                 args.img_size)
             for backend, precision in paths:
                 try:
-                    if precision.startswith("int8"):
-                        xml = _int8_ir(weights, args.img_size, Path(tmp), args.calib_images)
-                        loaded = load_bench_detector(
-                            xml, backend=backend, threads=args.threads, work_dir=Path(tmp),
-                            precision="bf16" if precision == "int8+bf16" else "fp32")
-                    else:
-                        loaded = load_bench_detector(weights, backend=backend,
-                                                     **_precision_options(precision),
-                                                     threads=args.threads,
-                                                     img_size=args.img_size, work_dir=Path(tmp),
-                                                     onnx_cache=cache)
+                    detectors[f"{backend}:{precision}"] = load_path(
+                        weights, f"{backend}:{precision}", args, Path(tmp), cache)
                 except Exception as exc:  # a path this machine cannot run (bf16, nncf missing)
                     print(f"{size}\t{backend}:{precision}\tn/a ({str(exc).splitlines()[0][:80]})")
-                    continue
-                detectors[f"{backend}:{precision}"] = loaded.detector
             # per path and round: (model median, model p90, model min, end-to-end median)
             rounds: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in detectors}
             per_round = max(1, args.iters // max(1, args.rounds))
@@ -172,6 +161,23 @@ def add_shared_arguments(parser: argparse.ArgumentParser, *, warmup: int, iters:
                         help="folder of the reference fixtures (keyed-weight manifests)")
     parser.add_argument("--calib-images", type=int, default=16,
                         help="synthetic images calibrating the openvino:int8 paths")
+
+
+def load_path(weights: str, path: str, args: argparse.Namespace, work_dir: Path,
+              onnx_cache: dict[str, Path]) -> Any:
+    """The detector of one path (``backend:precision``) for ``weights`` (a preset or a
+    checkpoint). ``int8`` paths run an INT8 IR of the weights (``int8+bf16``: its float parts
+    in bf16); the other OpenVINO/ONNX Runtime paths share one ONNX export per size."""
+    from dfine_cli.bench.latency import load_bench_detector
+
+    backend, precision = path.split(":")
+    if precision.startswith("int8"):
+        xml = _int8_ir(weights, args.img_size, work_dir, args.calib_images)
+        return load_bench_detector(xml, backend=backend, threads=args.threads, work_dir=work_dir,
+                                   precision="bf16" if precision == "int8+bf16" else "fp32").detector
+    return load_bench_detector(weights, backend=backend, **_precision_options(precision),
+                               threads=args.threads, img_size=args.img_size, work_dir=work_dir,
+                               onnx_cache=onnx_cache).detector
 
 
 def _precision_options(precision: str) -> dict[str, Any]:
@@ -298,8 +304,6 @@ def measured_peaks(threads: int, bf16: bool = False) -> dict[str, float]:
 
 def _best_rate(op: Any, args: tuple[Any, ...], flops: int, runs: int = 8) -> float:
     """GFLOP/s of the fastest of ``runs`` calls of ``op(*args)`` (after one untimed call)."""
-    import time
-
     with torch.inference_mode():
         op(*args)
         best = float("inf")

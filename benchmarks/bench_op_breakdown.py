@@ -35,13 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from dfine_cli.backends.openvino_backend import OpenVINOBackend
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_cpu_paths import (  # the benchmarks folder, put on the path above
-    _int8_ir,
     _keyed_checkpoint,
-    _precision_options,
     add_shared_arguments,
+    load_path,
     measured_peaks,
 )
 
@@ -64,7 +65,7 @@ FLOP_KINDS = {"aten.convolution": "conv", "aten.addmm": "linear/matmul", "aten.m
               "aten.bmm": "attention"}
 #: OpenVINO node types -> kind.
 OPENVINO_KINDS = {"Convolution": "conv", "GroupConvolution": "conv", "MatMul": "linear/matmul",
-                  "FullyConnected": "linear/matmul", "ScaledDotProductAttention": "attention",
+                  "ScaledDotProductAttention": "attention",
                   "Softmax": "attention", "GridSample": "sampling", "Gather": "sampling",
                   "GatherElements": "sampling", "TopK": "top-k", "Reorder": "reorders"}
 
@@ -103,12 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                 flops[FLOP_KINDS.get(op, "other")] += n / 1e9
             weights = _keyed_checkpoint(args.reference, size, work) if args.keyed else size
             for path in args.paths:
-                backend, precision = path.split(":")
                 try:
-                    if backend == "torch":
-                        kinds, top = _torch_breakdown(weights, precision, args, image)
-                    else:
-                        kinds, top = _openvino_breakdown(weights, precision, args, work, onnx_cache)
+                    det = _loaded(weights, path, args, work, onnx_cache)
+                    kinds, top = _breakdown(det, args, image)
                 except Exception as exc:  # a path this machine cannot run (bf16, nncf missing)
                     print(f"{size}\t{path}\tn/a ({str(exc).splitlines()[0][:100]})", flush=True)
                     continue
@@ -118,88 +116,55 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _torch_breakdown(weights: str, precision: str, args: argparse.Namespace,
-                     image: np.ndarray) -> tuple[dict[str, float], list[tuple[str, float]]]:
+def _loaded(weights: str, path: str, args: argparse.Namespace, work: Path,
+            onnx_cache: dict[str, Path]) -> Any:
+    """The detector a path measures, as ``bench_cpu_paths.py`` loads it (an OpenVINO one with
+    its per-node counters on: they are set before its first, compiling, call)."""
+    det = load_path(weights, path, args, work, onnx_cache)
+    if isinstance(det.backend, OpenVINOBackend):
+        det.backend.config["PERF_COUNT"] = True
+    return det
+
+
+def _breakdown(det: Any, args: argparse.Namespace,
+               image: np.ndarray) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    """Time per kind and per operator (torch) or node (OpenVINO), in ms per forward."""
     from torch.profiler import ProfilerActivity, profile
 
-    from dfine_cli.detector import Detector
-
-    options = _precision_options(precision)
-    if Path(weights).is_file():
-        det = Detector.from_checkpoint(weights)
-    else:
-        det = Detector.from_preset(weights, num_classes=80, img_size=args.img_size)
-    det.set_precision(options["precision"])
-    if options["compile"]:
-        det.compile_model()
-    batch, sizes = _model_inputs(det, image)
-    for _ in range(max(1, args.warmup)):
-        det.backend(batch, sizes)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(args.iters):
-            det.backend(batch, sizes)
-    by_op: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        by_op[event.key] += event.self_cpu_time_total / 1e3 / args.iters
-    kinds: dict[str, float] = defaultdict(float)
-    for name, ms in by_op.items():
-        lowered = name.lower()
-        kinds[next((kind for key, kind in TORCH_KINDS if key in lowered), "other")] += ms
-    return kinds, sorted(by_op.items(), key=lambda kv: -kv[1])
-
-
-def _openvino_breakdown(weights: str, precision: str, args: argparse.Namespace, work: Path,
-                        onnx_cache: dict[str, Path]) -> tuple[dict[str, float], list[tuple[str, float]]]:
-    import openvino as ov
-
-    from dfine_cli.backends.openvino_backend import OPENVINO_PRECISIONS
-    from dfine_cli.bench.latency import load_bench_detector
-
-    if precision.startswith("int8"):
-        model_path = _int8_ir(weights, args.img_size, work, args.calib_images)
-        precision = "bf16" if precision == "int8+bf16" else "fp32"
-    else:
-        # exported once per size, shared by the fp32 and bf16 paths
-        loaded = load_bench_detector(weights, backend="openvino", threads=args.threads,
-                                     img_size=args.img_size, work_dir=work, onnx_cache=onnx_cache)
-        assert loaded.onnx_path is not None
-        model_path = loaded.onnx_path
-    core = ov.Core()
-    model = core.read_model(str(model_path))
-    model.reshape({"images": [1, 3, args.img_size, args.img_size], "orig_target_sizes": [1, 2]})
-    # the configuration OpenVINOBackend compiles with, plus the per-node counters
-    compiled = core.compile_model(model, "CPU", {
-        "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": args.threads, "PERF_COUNT": True})
-    request = compiled.create_infer_request()
-    rng = np.random.default_rng(0)
-    inputs = {"images": rng.random((1, 3, args.img_size, args.img_size), dtype=np.float32),
-              "orig_target_sizes": np.array([[args.img_size, args.img_size]], dtype=np.int64)}
-    for _ in range(max(1, args.warmup)):
-        request.infer(inputs)
-    by_node: dict[str, float] = defaultdict(float)
-    kinds: dict[str, float] = defaultdict(float)
-    for _ in range(args.iters):
-        request.infer(inputs)
-        for info in request.get_profiling_info():
-            ms = info.real_time.total_seconds() * 1e3 / args.iters
-            if ms <= 0:
-                continue
-            kind = OPENVINO_KINDS.get(info.node_type, "other")
-            if info.node_type.startswith("FullyConnected"):  # ...Quantized, ...QuantizedLegacy
-                kind = "linear/matmul"
-            ran_in = info.exec_type.rsplit("_", 1)[-1].upper() if "_" in info.exec_type else "?"
-            kinds[f"{kind} ({ran_in})"] += ms
-            by_node[f"{info.node_type} {info.exec_type} {info.node_name}"] += ms
-    return kinds, sorted(by_node.items(), key=lambda kv: -kv[1])
-
-
-def _model_inputs(det: Any, image: np.ndarray) -> tuple[Any, np.ndarray]:
-    """The model stage's inputs for one image, as ``Detector.predict`` prepares them."""
     from dfine_cli.detector import preprocess
 
+    batch = preprocess([image], det.img_size)
     sizes = np.array([[image.shape[1], image.shape[0]]], dtype=np.int64)
-    return preprocess([image], det.img_size), sizes
+    for _ in range(max(1, args.warmup)):
+        det.backend(batch, sizes)
+    by_name: dict[str, float] = defaultdict(float)
+    kinds: dict[str, float] = defaultdict(float)
+    if isinstance(det.backend, OpenVINOBackend):  # its own counters, per inference
+        for _ in range(args.iters):
+            det.backend(batch, sizes)
+            for info in det.backend.node_counters():
+                ms = info.real_time.total_seconds() * 1e3 / args.iters
+                if ms <= 0:
+                    continue
+                ran_in = info.exec_type.rsplit("_", 1)[-1].upper() if "_" in info.exec_type else "?"
+                kinds[f"{_openvino_kind(info.node_type)} ({ran_in})"] += ms
+                by_name[f"{info.node_type} {info.exec_type} {info.node_name}"] += ms
+    else:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.iters):
+                det.backend(batch, sizes)
+        for event in prof.key_averages():
+            by_name[event.key] += event.self_cpu_time_total / 1e3 / args.iters
+        for name, ms in by_name.items():
+            lowered = name.lower()
+            kinds[next((kind for key, kind in TORCH_KINDS if key in lowered), "other")] += ms
+    return kinds, sorted(by_name.items(), key=lambda kv: -kv[1])
+
+
+def _openvino_kind(node_type: str) -> str:
+    if node_type.startswith("FullyConnected"):  # also ...Quantized, ...QuantizedLegacy
+        return "linear/matmul"
+    return OPENVINO_KINDS.get(node_type, "other")
 
 
 def _print_path(size: str, path: str, kinds: dict[str, float], flops: dict[str, float],

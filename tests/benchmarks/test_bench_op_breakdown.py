@@ -50,7 +50,7 @@ def test_a_path_this_machine_cannot_run_is_reported_not_raised(
     def fail(*args: object) -> None:
         raise RuntimeError("bf16 is not supported on this CPU\nsecond line")
 
-    monkeypatch.setattr(bench, "_torch_breakdown", fail)
+    monkeypatch.setattr(bench, "_loaded", fail)
     monkeypatch.setattr(bench, "measured_peaks", lambda threads, bf16: {"conv fp32": 1.0})
     argv = ["--sizes", "n", "--img-size", "320", "--paths", "torch:bf16"]
     assert bench.main(argv) == 0

@@ -205,6 +205,12 @@ class OpenVINOBackend:
             np.asarray(result[compiled.output("scores")], dtype=np.float32),
         )
 
+    def node_counters(self, batch: int = 1) -> list[Any]:
+        """OpenVINO's per-node counters (``openvino.ProfilingInfo``: node name and type, the
+        kernel it ran, its time) of the last inference at ``batch`` images. They are collected
+        only with ``self.config["PERF_COUNT"] = True`` set before that batch's first call."""
+        return list(self._request(batch)[1].get_profiling_info())
+
     def runtime_precision(self) -> str:
         """The precision OpenVINO actually runs (``fp32``, ``bf16``...), read back from a
         compiled model."""
