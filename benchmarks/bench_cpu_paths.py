@@ -67,6 +67,14 @@ def main() -> None:
     args = parser.parse_args()
     paths = [tuple(name.split(":")) for name in args.paths]
     keyed = args.keyed or args.official is not None
+    check_keyed_reference(parser, args, keyed)
+    if args.official is not None and not (args.official / "src" / "core").is_dir():
+        parser.error(f"--official {args.official}: not a checkout of the official D-FINE "
+                     "repository (no src/core)")
+    if args.weights and not Path(args.weights).is_file():
+        parser.error(f"--weights {args.weights}: no such file")
+    if args.data and not Path(args.data).exists():
+        parser.error(f"--data {args.data}: no such dataset")
     if args.official is not None and len(args.sizes) > 1:
         # the official package keeps its configuration in module globals: one size per process
         import subprocess
@@ -149,7 +157,7 @@ def main() -> None:
 
 def add_shared_arguments(parser: argparse.ArgumentParser, *, warmup: int, iters: int) -> None:
     """The options every CPU-path benchmark takes: what to build, how to time it, which weights."""
-    parser.add_argument("--sizes", nargs="*", default=["n", "s"])
+    parser.add_argument("--sizes", nargs="*", default=["n", "s"], choices=["n", "s", "m", "l", "x"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--img-size", type=int, default=640)
     parser.add_argument("--warmup", type=int, default=warmup)
@@ -161,6 +169,18 @@ def add_shared_arguments(parser: argparse.ArgumentParser, *, warmup: int, iters:
                         help="folder of the reference fixtures (keyed-weight manifests)")
     parser.add_argument("--calib-images", type=int, default=16,
                         help="synthetic images calibrating the openvino:int8 paths")
+
+
+def check_keyed_reference(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                          keyed: bool) -> None:
+    """Stop with one usage line when keyed weights are asked for and ``--reference`` lacks a
+    size's fixtures (the manifest and the verbatim tensors the weights are built from)."""
+    if not keyed:
+        return
+    for size in args.sizes:
+        for name in (f"official_keys_{size}.tsv", f"official_verbatim_{size}.pt"):
+            if not (args.reference / name).is_file():
+                parser.error(f"keyed weights need {args.reference / name} (see --reference)")
 
 
 def load_path(weights: str, path: str, args: argparse.Namespace, work_dir: Path,
@@ -314,5 +334,19 @@ def _best_rate(op: Any, args: tuple[Any, ...], flops: int, runs: int = 8) -> flo
     return flops / best / 1e9
 
 
+def run_script(main: Any) -> int:
+    """Run a benchmark's ``main``: a cause ``dfine`` names (a bad dataset or checkpoint...)
+    ends as one line on stderr and that error's exit code, as the ``dfine`` commands end."""
+    import sys
+
+    from dfine_cli.errors import DfineError
+
+    try:
+        return int(main() or 0)
+    except DfineError as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -42,8 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu_paths import (  # the benchmarks folder, put on the path above
     _keyed_checkpoint,
     add_shared_arguments,
+    check_keyed_reference,
     load_path,
     measured_peaks,
+    run_script,
 )
 
 TORCH_PATHS = ["torch:fp32", "torch:bf16", "torch:fp32+compile", "torch:bf16+compile"]
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=0,
                         help="also list the N most expensive operators / nodes of each path")
     args = parser.parse_args(argv)
+    check_keyed_reference(parser, args, args.keyed)
 
     from dfine_cli.allocator import keep_freed_memory
     from dfine_cli.bench.flops import model_complexity
@@ -198,4 +201,4 @@ def _peak_for(kind: str, bf16: bool, peaks: dict[str, float]) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))
